@@ -1,0 +1,185 @@
+"""The primary rank's backend: the only module that imports wandb.
+
+Every row is committed at once and carries the training step under ``step_metric``; W&B plots every key against that
+metric (``define_metric("*", step_metric=...)``, as Lightning does with ``trainer/global_step``). So rows are never
+dropped for arriving "out of order" (system rows, images logged late for a step), and a killed job loses only what
+the last flush interval held.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from sdxl_dist_log.backends.base import NullBackend, RunIdentity
+from sdxl_dist_log.config import WandbConfig
+
+_log = logging.getLogger("sdxl_dist_log")
+
+
+class WandbBackend:
+    """Writes rows, images, artifacts and config into one W&B run. Thread-safe."""
+
+    def __init__(self, run: Any, *, step_metric: str) -> None:
+        self._run = run
+        self._step_metric = step_metric
+        self._lock = threading.RLock()  # re-entrant: a preemption signal handler may finish the run mid-call
+        self._last_step = 0
+        self._pending: dict[str, Any] = {}
+        run.define_metric(step_metric)
+        run.define_metric("*", step_metric=step_metric, step_sync=True)
+
+    @property
+    def run(self) -> Any:
+        return self._run
+
+    def log_row(self, data: Mapping[str, Any], step: int | None, commit: bool = True) -> None:
+        with self._lock:
+            if step is not None:
+                self._last_step = step
+            self._pending.update(data)
+            if not commit:
+                return
+            row, self._pending = self._pending, {}
+            row[self._step_metric] = self._last_step
+            self._run.log(row)
+
+    def log_images(
+        self, key: str, images: Sequence[np.ndarray], captions: Sequence[str | None], step: int | None
+    ) -> None:
+        import wandb
+
+        pictures = [
+            wandb.Image(image[:, :, 0] if image.shape[2] == 1 else image, caption=caption)
+            for image, caption in zip(images, captions)
+        ]
+        self.log_row({key: pictures}, step)
+
+    def log_artifact(
+        self, path: str, *, name: str, type: str, aliases: Sequence[str], metadata: Mapping[str, Any]
+    ) -> None:
+        import wandb
+
+        artifact = wandb.Artifact(name, type=type, metadata=dict(metadata))
+        if os.path.isdir(path):
+            artifact.add_dir(path)
+        else:
+            artifact.add_file(path)
+        with self._lock:
+            self._run.log_artifact(artifact, aliases=list(aliases))
+
+    def update_config(self, values: Mapping[str, Any]) -> None:
+        with self._lock:
+            self._run.config.update(dict(values), allow_val_change=True)
+
+    def mark_preempting(self) -> None:
+        with self._lock:
+            self._run.mark_preempting()
+
+    def flush(self) -> None:
+        with self._lock:
+            if self._pending:
+                self.log_row({}, None)
+
+    def finish(self, exit_code: int, timeout: float) -> None:
+        def close() -> None:
+            with self._lock:
+                if self._pending:
+                    self.log_row({}, None)
+                self._run.finish(exit_code=exit_code)
+
+        closer = threading.Thread(target=close, name="sdxl-dist-log-finish", daemon=True)
+        closer.start()
+        closer.join(timeout)
+        if closer.is_alive():
+            _log.warning("W&B run %s did not finish within %.0f s; leaving it to close in the background",
+                         self._run.id, timeout)
+
+
+def _settings(config: WandbConfig, mode: str) -> Any:
+    import wandb
+
+    return wandb.Settings(
+        mode=mode,
+        init_timeout=config.init_timeout,
+        finish_timeout=config.finish_timeout,
+        x_transaction_log_flush_interval=config.flush_interval,
+        x_disable_stats=True,  # sdxl_dist_log samples every node itself; W&B's sampler sees only this one
+        console="off",
+        silent=True,
+        save_code=config.save_code,
+    )
+
+
+def start_backend(
+    config: WandbConfig, proposed: RunIdentity, run_config: Mapping[str, Any], resume: str | None
+) -> tuple[WandbBackend | NullBackend, RunIdentity]:
+    """Start the run on the primary rank, falling back within bounded time instead of failing the job.
+
+    An online run without an API key falls back at once, without prompting; one whose server does not answer falls
+    back after ``init_timeout``. The fallback is ``fallback_mode`` ("offline" by default).
+
+    Returns:
+        The backend and the identity the run really has (mode after fallback, run dir, fallback reason).
+    """
+    if config.mode == "disabled":
+        return NullBackend(), _with(proposed, mode="disabled")
+    import wandb
+
+    os.makedirs(config.dir, exist_ok=True)
+    reason: str | None = None
+    mode = config.mode
+    if mode == "online" and not wandb.login(prompt=False, verify=False):
+        reason = "no W&B API key (set WANDB_API_KEY or run `wandb login`)"
+    elif mode == "online":
+        try:
+            return _init(config, proposed, run_config, resume, "online")
+        except Exception as exc:  # CommError, timeouts, auth errors: logging must not kill training
+            reason = f"online init failed: {type(exc).__name__}: {exc}"
+    if reason is not None:
+        mode = config.fallback_mode
+        _log.warning("W&B run %s: %s; logging %s instead", proposed.run_id, reason, mode)
+        if mode == "disabled":
+            return NullBackend(), _with(proposed, mode="disabled", fallback_reason=reason)
+    wandb.setup(wandb.Settings(mode="offline"))  # keeps wandb from reporting errors over the network at exit
+    backend, identity = _init(config, proposed, run_config, resume, "offline")
+    return backend, _with(identity, fallback_reason=reason)
+
+
+def _with(identity: RunIdentity, **changes: Any) -> RunIdentity:
+    return RunIdentity.from_json({**identity.to_json(), **changes})
+
+
+def _init(
+    config: WandbConfig, proposed: RunIdentity, run_config: Mapping[str, Any], resume: str | None, mode: str
+) -> tuple[WandbBackend, RunIdentity]:
+    import wandb
+
+    kwargs: dict[str, Any] = {}
+    if config.reinit:
+        kwargs["reinit"] = "finish_previous"
+    run = wandb.init(
+        project=config.project,
+        entity=config.entity,
+        name=proposed.name,
+        id=proposed.run_id,
+        group=proposed.group,
+        job_type=proposed.job_type,
+        tags=list(proposed.tags),
+        notes=config.notes,
+        dir=config.dir,
+        resume=resume,
+        config=dict(run_config),
+        sync_tensorboard=config.sync_tensorboard,
+        save_code=config.save_code,
+        settings=_settings(config, mode),
+        **kwargs,
+    )
+    backend = WandbBackend(run, step_metric=config.step_metric)
+    run_dir = os.path.dirname(run.dir.rstrip("/")) if run.dir else None
+    return backend, _with(proposed, mode=mode, run_dir=run_dir)

@@ -1,0 +1,334 @@
+"""The only module that touches torch.distributed.
+
+The logger runs its collectives on a gloo group of its own, created once when the logger is built:
+- a logging timeout never trips the NCCL watchdog of the training group (which would kill the job), and a broken
+  logging group leaves the training group untouched;
+- the values are tiny (one float64 row per rank), so CPU transport costs less than the host copy it saves.
+
+Every collective is bounded by ``timeout``. A rank that has waited ``presence_after`` seconds posts its presence to
+the process group's key-value store; when the wait fails, the ranks that never posted are named in the error. Every
+gathered row starts with (sequence number, call kind, step), so a rank that skipped a call is caught in the next one
+instead of silently pairing its values with another call's. After any failure the group is closed for logging:
+later calls reduce nothing and say so once, and training goes on.
+
+Without an initialized process group every operation is the identity on this rank's data.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+
+_log = logging.getLogger("sdxl_dist_log")
+_instance_numbers = itertools.count()  # same on every rank: loggers are built in the same order everywhere
+
+SEQUENCE, KIND, STEP = 0, 1, 2
+CALL_HEADER = 3
+_KINDS = {"init": 1, "log_metrics": 2, "log_images": 3, "log_model": 4, "log_config": 5, "finish": 6}
+
+
+@dataclass(frozen=True)
+class CallInfo:
+    """What a collective belongs to, for matching across ranks and for error messages."""
+
+    name: str
+    step: int | None = None
+
+    def __str__(self) -> str:
+        return self.name if self.step is None else f"{self.name} at step {self.step}"
+
+    @property
+    def kind(self) -> int:
+        return _KINDS.get(self.name, 0)
+
+
+class CollectiveError(RuntimeError):
+    """A logging collective failed; logging on this group is closed, training may go on.
+
+    Attributes:
+        call: the call that failed, e.g. "log_metrics at step 1200".
+        ranks: the ranks at fault (missing or out of step), when known.
+    """
+
+    def __init__(self, message: str, *, call: str = "", ranks: Sequence[int] = ()) -> None:
+        super().__init__(message)
+        self.call = call
+        self.ranks = list(ranks)
+
+
+class CollectiveTimeoutError(CollectiveError):
+    """Some ranks did not reach a logging call within the timeout."""
+
+
+class RanksOutOfStepError(CollectiveError):
+    """Ranks reached different logging calls: one skipped or added a call."""
+
+
+def _describe_kind(kind: int) -> str:
+    return next((name for name, k in _KINDS.items() if k == kind), f"call kind {kind}")
+
+
+class Collectives:
+    """Logging collectives over one gloo group, each bounded in time.
+
+    Build it with ``Collectives.create`` on every rank at the same point (it creates a process group when
+    torch.distributed is initialized). ``counts`` tallies the collectives issued, for tests and benchmarks.
+    """
+
+    def __init__(
+        self,
+        *,
+        rank: int,
+        world_size: int,
+        group: Any = None,
+        store: Any = None,
+        timeout: float = 300.0,
+        namespace: str = "sdxl_dist_log/0",
+    ) -> None:
+        self.rank = rank
+        self.world_size = world_size
+        self._group = group
+        self._store = store
+        self.timeout = timeout
+        self.presence_after = min(1.0, timeout / 4)
+        self.namespace = namespace
+        self._sequence = 0
+        self.failure: CollectiveError | None = None
+        self.counts: Counter[str] = Counter()
+
+    @classmethod
+    def create(cls, *, rank: int, world_size: int, timeout: float, setup_timeout: float = 0.0) -> Collectives:
+        """Collectives over a new gloo group when torch.distributed is initialized, else the identity.
+
+        Args:
+            rank: this process's rank from the environment (used when no process group exists).
+            world_size: the launch's size from the environment (likewise).
+            timeout: seconds each logging collective may wait for the other ranks.
+            setup_timeout: extra seconds the group allows for the slowest call (the primary's ``wandb.init``).
+        """
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return cls(rank=rank, world_size=1, timeout=timeout)
+        number = next(_instance_numbers)
+        group = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout + setup_timeout + 5.0))
+        store = dist.distributed_c10d._get_default_store()
+        return cls(
+            rank=dist.get_rank(),
+            world_size=dist.get_world_size(),
+            group=group,
+            store=store,
+            timeout=timeout,
+            namespace=f"sdxl_dist_log/{number}",
+        )
+
+    @property
+    def active(self) -> bool:
+        """True while collectives reach the other ranks (several ranks, no failure so far)."""
+        return self._group is not None and self.failure is None
+
+    @property
+    def store(self) -> Any:
+        """The process group's key-value store (None without a process group)."""
+        return self._store
+
+    # -- operations ---------------------------------------------------------------------------------------------
+    def all_gather_rows(self, row: np.ndarray, call: CallInfo) -> np.ndarray:
+        """Gather one float64 row from every rank, checking that all ranks are in the same call.
+
+        Returns:
+            Array of shape (ranks, len(row)); one row when not active.
+
+        Raises:
+            CollectiveTimeoutError: ranks did not arrive within the timeout (they are named).
+            RanksOutOfStepError: ranks are in different logging calls (they are named).
+        """
+        if not self.active:
+            return row[None, :].copy()
+        import torch
+        import torch.distributed as dist
+
+        self._sequence += 1
+        header = np.array([self._sequence, call.kind, -1 if call.step is None else call.step], dtype=np.float64)
+        send = torch.from_numpy(np.concatenate([header, row]))
+        out = torch.empty(self.world_size * send.numel(), dtype=torch.float64)
+        self._wait(dist.all_gather_single(out, send, group=self._group, async_op=True), call, "all_gather")
+        rows = out.numpy().reshape(self.world_size, -1)
+        self._check_in_step(rows[:, :CALL_HEADER], call)
+        return rows[:, CALL_HEADER:]
+
+    def all_gather_object(self, obj: Any, call: CallInfo) -> list[Any]:
+        """Gather a picklable object from every rank (rare paths only: it pickles). Identity when not active."""
+        if not self.active:
+            return [obj]
+        import torch.distributed as dist
+
+        out: list[Any] = [None] * self.world_size
+        self._guard(lambda: dist.all_gather_object(out, obj, group=self._group), call, "all_gather_object")
+        return out
+
+    def gather_bytes(self, payload: np.ndarray, sizes: Sequence[int], dst: int, call: CallInfo) -> list[np.ndarray]:
+        """Gather variable-length uint8 buffers to ``dst`` in one ``gather`` (padded to the longest).
+
+        Args:
+            payload: this rank's bytes; ``len(payload) == sizes[rank]``.
+            sizes: every rank's length, known to all ranks beforehand (from an ``all_gather_rows``).
+            dst: the receiving rank.
+
+        Returns:
+            On ``dst``, every rank's buffer (index = rank); elsewhere an empty list.
+        """
+        if not self.active:
+            return [payload]
+        import torch
+        import torch.distributed as dist
+
+        longest = max(sizes)
+        if longest == 0:
+            return [np.empty(0, np.uint8) for _ in sizes] if self.rank == dst else []
+        send = torch.zeros(longest, dtype=torch.uint8)
+        send[: len(payload)] = torch.from_numpy(np.ascontiguousarray(payload))
+        gather_list = [torch.empty(longest, dtype=torch.uint8) for _ in sizes] if self.rank == dst else None
+        self._sequence += 1
+        work = dist.gather(send, gather_list, dst=dst, group=self._group, async_op=True)
+        self._wait(work, call, "gather")
+        if gather_list is None:
+            return []
+        return [t.numpy()[:n] for t, n in zip(gather_list, sizes)]
+
+    def broadcast_json(self, obj: Any, src: int, call: CallInfo, *, timeout: float | None = None) -> Any:
+        """Send a small JSON-able value from ``src`` to every rank in one broadcast (64 KiB at most).
+
+        Args:
+            timeout: seconds to wait instead of the default (the primary's ``wandb.init`` may take longer).
+        """
+        if not self.active:
+            return obj
+        import torch
+        import torch.distributed as dist
+
+        capacity = 65536
+        buffer = torch.zeros(capacity, dtype=torch.uint8)
+        if self.rank == src:
+            data = json.dumps(obj).encode()
+            if len(data) + 4 > capacity:
+                raise ValueError(f"{call}: {len(data)} bytes do not fit the {capacity}-byte broadcast")
+            buffer[:4] = torch.frombuffer(bytearray(len(data).to_bytes(4, "little")), dtype=torch.uint8)
+            buffer[4 : 4 + len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        self._sequence += 1
+        self._wait(dist.broadcast(buffer, src=src, group=self._group, async_op=True), call, "broadcast", timeout)
+        raw = buffer.numpy()
+        length = int.from_bytes(raw[:4].tobytes(), "little")
+        return json.loads(raw[4 : 4 + length].tobytes())
+
+    # -- failure handling ---------------------------------------------------------------------------------------
+    def _wait(self, work: Any, call: CallInfo, op: str, timeout: float | None = None) -> None:
+        self.counts[op] += 1
+        limit = self.timeout if timeout is None else timeout
+        done = threading.Event()
+        work.get_future().add_done_callback(lambda _: done.set())
+        start = time.monotonic()
+        if not done.wait(self.presence_after):
+            self._post_presence()
+            done.wait(max(0.0, limit - (time.monotonic() - start)))
+        if not done.is_set():
+            self._fail(CollectiveTimeoutError, f"timed out after {limit:g} s", call)
+        try:
+            work.wait()
+        except RuntimeError as exc:
+            self._fail(CollectiveError, f"failed ({exc})", call)
+
+    def _guard(self, fn: Any, call: CallInfo, op: str) -> None:
+        self.counts[op] += 1
+        self._sequence += 1
+        try:
+            fn()
+        except RuntimeError as exc:
+            self._fail(CollectiveError, f"failed ({exc})", call)
+
+    def _presence_key(self) -> str:
+        return f"{self.namespace}/present/{self._sequence}"
+
+    def _post_presence(self) -> None:
+        try:
+            self._store.append(self._presence_key(), f"{self.rank},")
+        except Exception as exc:  # the store's host may be gone; naming ranks is best effort
+            _log.debug("could not post presence: %s", exc)
+
+    def _absent_ranks(self, grace: float) -> list[int] | None:
+        """Ranks that never posted presence for the current call, after waiting ``grace`` seconds for stragglers."""
+        result: list[list[int] | None] = [None]
+        key = self._presence_key()
+
+        def read() -> None:
+            deadline = time.monotonic() + grace
+            present: set[int] = set()
+            while True:
+                if self._store.check([key]):
+                    present = {int(r) for r in self._store.get(key).decode().split(",") if r}
+                if len(present) >= self.world_size or time.monotonic() >= deadline:
+                    break
+                time.sleep(0.05)
+            result[0] = sorted(set(range(self.world_size)) - present)
+
+        reader = threading.Thread(target=read, name="sdxl-dist-log-presence", daemon=True)
+        reader.start()
+        reader.join(grace + 2.0)  # the store itself may hang if its host died
+        return result[0]
+
+    def _fail(self, kind: type[CollectiveError], what: str, call: CallInfo) -> None:
+        self._post_presence()
+        absent = self._absent_ranks(grace=min(5.0, max(1.0, self.timeout / 10)))
+        if absent:
+            who = f"ranks {absent} did not reach it"
+        elif absent == []:
+            who = "every rank reached it; a peer's connection failed"
+        else:
+            who = "the missing ranks could not be read from the store"
+        error = kind(
+            f"{call} on rank {self.rank}: logging collective {what}; {who}. "
+            "Logging collectives are off from here on; training is not affected.",
+            call=str(call),
+            ranks=absent or (),
+        )
+        self.failure = error
+        raise error
+
+    def _check_in_step(self, headers: np.ndarray, call: CallInfo) -> None:
+        sequence_ok = np.all(headers[:, SEQUENCE] == headers[0, SEQUENCE])
+        kinds_ok = np.all(headers[:, KIND] == headers[0, KIND])
+        steps_ok = np.all(headers[:, STEP] == headers[0, STEP])
+        if sequence_ok and kinds_ok and steps_ok:
+            return
+        mine = headers[self.rank]
+        odd = [r for r in range(len(headers)) if not np.array_equal(headers[r], headers[0])]
+        detail = ", ".join(
+            f"rank {r}: {_describe_kind(int(h[KIND]))}"
+            + ("" if h[STEP] < 0 else f" at step {int(h[STEP])}")
+            + f" (logging call #{int(h[SEQUENCE])})"
+            for r, h in enumerate(headers)
+            if r == 0 or r in odd
+        )
+        bad = odd if odd else [self.rank]
+        if not sequence_ok:
+            reason = "ranks are at different logging calls: one skipped or added a call"
+        else:
+            reason = "ranks logged different steps" if kinds_ok else "ranks made different logging calls"
+        error = RanksOutOfStepError(
+            f"{call} on rank {self.rank} (call #{int(mine[SEQUENCE])}): {reason}; {detail}. "
+            "Logging collectives are off from here on; training is not affected.",
+            call=str(call),
+            ranks=bad,
+        )
+        self.failure = error
+        raise error

@@ -1,0 +1,161 @@
+"""A small real training loop that uses every call of the API; ``sdxl-dist-log demo`` runs it on N ranks.
+
+Run it under any launcher (``torchrun -m sdxl_dist_log.demo``, SLURM, submitit) or let ``demo`` spawn the ranks
+itself on this machine (gloo on CPU, NCCL when every rank has a GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+import tempfile
+from collections.abc import Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from sdxl_dist_log.config import LogConfig, WandbConfig
+
+
+def train(
+    steps: int = 20,
+    *,
+    out_dir: str = "outputs/demo",
+    mode: str = "offline",
+    project: str = "sdxl-dist-log-demo",
+    image_every: int = 5,
+    checkpoint_every: int = 10,
+    system_metrics_interval: float = 1.0,
+    async_metrics: bool = False,
+) -> str | None:
+    """Train a tiny model on random data, logging metrics, images, checkpoints and config from every rank.
+
+    Initializes torch.distributed from the environment when WORLD_SIZE > 1 and it is not initialized yet.
+
+    Returns:
+        The W&B run directory (on the primary rank; None elsewhere or when disabled).
+    """
+    import torch
+    import torch.distributed as dist
+
+    from sdxl_dist_log.unified import UnifiedLogger
+    from sdxl_dist_log.wandb_logger import WandbLogger
+
+    owns_group = False
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend, timeout=timedelta(seconds=120))
+        owns_group = True
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    torch.manual_seed(1234 + rank)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 1)).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    hyper = {"model": {"layers": [16, 32, 1]}, "optim": {"name": "sgd", "lr": 0.05}, "steps": steps}
+    run_dir: str | None = None
+    wandb_config = WandbConfig(
+        project=project, mode=mode, dir=out_dir, config=hyper, tags=["demo"],
+        max_images_to_log=8, system_metrics_interval=system_metrics_interval, async_metrics=async_metrics,
+        metric_reduce={"samples": "sum", "loss_max": "max", "loss_min": "min"},
+    )
+    try:
+        with UnifiedLogger(LogConfig(name="demo", log_dir=os.path.join(out_dir, "logs"))) as log, \
+                WandbLogger(wandb_config, logger=log) as wb:
+            wb.log_config({"data": {"kind": "random", "batch": 32}})
+            log.info("training %d steps on %s", steps, device)
+            log.start_progress(total=steps, desc="demo")
+            for step in range(steps):
+                x = torch.randn(32, 16, device=device)
+                y = x.sum(dim=1, keepdim=True) * 0.1
+                loss = torch.nn.functional.mse_loss(model(x), y)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                detached = loss.detach()
+                wb.log_metrics({"loss": detached, "loss_max": detached, "loss_min": detached, "samples": 32,
+                                "lr": optimizer.param_groups[0]["lr"]}, step=step)
+                log.log_metrics({"loss": float(detached)}, step=step)
+                if image_every and step % image_every == 0:
+                    samples = torch.rand(2, 3, 32, 32, device=device) * 2 - 1  # like a diffusion output in [-1, 1]
+                    wb.log_images(samples, captions=[f"step {step} sample {i}" for i in range(2)], step=step,
+                                  value_range=(-1.0, 1.0))
+                if checkpoint_every and (step + 1) % checkpoint_every == 0:
+                    path = Path(out_dir) / "checkpoints" / f"step_{step + 1}.pt"
+                    if rank == 0:
+                        path.parent.mkdir(parents=True, exist_ok=True)
+                        torch.save(model.state_dict(), path)
+                    wb.log_model(path, metadata={"step": step + 1, "loss": float(detached)},
+                                 aliases=["latest"] + (["final"] if step + 1 == steps else []))
+                log.update_progress(1)
+            run_dir = wb.run_dir if wb.is_primary else None
+    finally:
+        if owns_group:
+            dist.destroy_process_group()
+    return run_dir
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _spawned_rank(rank: int, world_size: int, port: int, result_file: str, kwargs: dict[str, Any]) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
+                      LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    run_dir = train(**kwargs)
+    if run_dir is not None:
+        Path(result_file).write_text(run_dir)
+
+
+def run_local(nproc: int, **kwargs: Any) -> str | None:
+    """Run ``train`` on ``nproc`` local processes (spawned, gloo on CPU) and return the run directory."""
+    if nproc < 1:
+        raise ValueError(f"--nproc must be >= 1, got {nproc}")
+    if nproc == 1:
+        return train(**kwargs)
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory() as tmp:
+        result = os.path.join(tmp, "run_dir")
+        mp.start_processes(_spawned_rank, args=(nproc, _free_port(), result, kwargs), nprocs=nproc,
+                           start_method="spawn")
+        return Path(result).read_text() if os.path.exists(result) else None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--nproc", type=int, default=2, help="ranks to spawn when not under a launcher (default 2)")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--out-dir", default="outputs/demo")
+    parser.add_argument("--mode", default="offline", choices=["online", "offline", "disabled"])
+    parser.add_argument("--system-metrics-interval", type=float, default=1.0)
+    parser.add_argument("--async-metrics", action="store_true")
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    kwargs = dict(steps=args.steps, out_dir=args.out_dir, mode=args.mode,
+                  system_metrics_interval=args.system_metrics_interval, async_metrics=args.async_metrics)
+    under_launcher = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    run_dir = train(**kwargs) if under_launcher else run_local(args.nproc, **kwargs)
+    if run_dir is None:
+        return 0
+    from sdxl_dist_log.offline import format_run, read_run
+
+    print(f"\nW&B offline run: {run_dir}")
+    print(f"sync it later with: wandb sync {run_dir}\n")
+    print(format_run(read_run(run_dir)))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sdxl_dist_log.demo", description=__doc__)
+    add_arguments(parser)
+    return run_from_args(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

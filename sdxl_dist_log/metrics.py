@@ -1,0 +1,280 @@
+"""Pure packing and reduction of metric dicts: no torch.distributed here.
+
+A ``log_metrics`` call becomes one float64 row per rank: a small header (key fingerprint, key count, an error flag)
+and the values in sorted-key order. The rows of all ranks travel in ONE ``all_gather`` (collectives.py); every rank
+then reduces the same matrix the same way, so mean, sum, min, max, per-rank and primary-local values all come out of
+one collective, and every rank sees whether the key sets agree before it trusts a positional reduction.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import numbers
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import numpy as np
+
+# Header fields of a packed row; the values follow. float64 holds integers below 2**53 exactly.
+FINGERPRINT, KEY_COUNT, ERROR_FLAG = 0, 1, 2
+HEADER_SIZE = 3
+_FINGERPRINT_BITS = 52
+
+
+class Reduce(str, Enum):
+    """How a metric is combined over ranks."""
+
+    MEAN = "mean"
+    """Arithmetic mean over the ranks that passed the key."""
+    SUM = "sum"
+    MIN = "min"
+    MAX = "max"
+    PER_RANK = "per_rank"
+    """Not reduced: every rank's value lands under ``<key>/rank<r>``."""
+    LOCAL = "local"
+    """Not reduced: the primary rank's own value (or, if it lacks the key, the lowest rank's that has it)."""
+
+
+class MetricValueError(ValueError):
+    """A metric value is not a finite-or-not number, a 1-element tensor or a numpy scalar; names the key."""
+
+
+class MetricKeyMismatchError(RuntimeError):
+    """Ranks passed different metric keys (``strict_keys``) or different reduce ops for one key.
+
+    Attributes:
+        missing: key -> ranks that did not pass it.
+    """
+
+    def __init__(self, message: str, missing: Mapping[str, Sequence[int]] | None = None) -> None:
+        super().__init__(message)
+        self.missing = dict(missing or {})
+
+
+@dataclass(frozen=True)
+class MetricPlan:
+    """The sorted keys of one call with their reduce ops, and a fingerprint that identifies both."""
+
+    keys: tuple[str, ...]
+    ops: tuple[Reduce, ...]
+
+    @property
+    def fingerprint(self) -> int:
+        digest = hashlib.blake2b(
+            "\0".join(f"{k}\x1f{op.value}" for k, op in zip(self.keys, self.ops)).encode(), digest_size=8
+        ).digest()
+        return int.from_bytes(digest, "little") >> (64 - _FINGERPRINT_BITS)
+
+
+def resolve_reduce(
+    keys: Sequence[str], reduce: str | Reduce | Mapping[str, str | Reduce] | None, default: str | Reduce = Reduce.MEAN
+) -> tuple[Reduce, ...]:
+    """Pick the reduce op of each key.
+
+    Args:
+        keys: metric keys, as the user passed them (before the prefix).
+        reduce: one op for all keys, or a mapping from key or glob pattern (``"tokens/*"``) to op; exact keys win
+            over patterns, and the first matching pattern wins among patterns.
+        default: op for keys the mapping does not cover.
+
+    Returns:
+        One op per key.
+
+    Raises:
+        MetricValueError: an op is not one of Reduce's values (the message lists them).
+    """
+
+    def parse(op: str | Reduce, where: str) -> Reduce:
+        try:
+            return Reduce(op)
+        except ValueError:
+            allowed = ", ".join(r.value for r in Reduce)
+            raise MetricValueError(f"reduce op {op!r} for {where} is not one of: {allowed}") from None
+
+    if reduce is None or isinstance(reduce, (str, Reduce)):
+        op = parse(reduce if reduce is not None else default, "all keys")
+        return tuple(op for _ in keys)
+    patterns = [(p, parse(op, repr(p))) for p, op in reduce.items()]
+    fallback = parse(default, "the default")
+    ops = []
+    for key in keys:
+        exact = reduce.get(key)
+        if exact is not None:
+            ops.append(parse(exact, repr(key)))
+            continue
+        ops.append(next((op for p, op in patterns if fnmatch.fnmatchcase(key, p)), fallback))
+    return tuple(ops)
+
+
+def _is_torch_tensor(value: object) -> bool:
+    return type(value).__module__.startswith("torch") and hasattr(value, "numel")
+
+
+def pack_values(metrics: Mapping[str, Any], keys: Sequence[str]) -> np.ndarray:
+    """Turn metric values into one float64 vector, with at most one host transfer per device.
+
+    Python numbers, bools, numpy scalars and 0-d or 1-element arrays are read directly; CPU tensors too. Tensors on
+    an accelerator are stacked on their device and copied to the host in one transfer per device, so 64 CUDA
+    metrics cost one synchronisation, not 64.
+
+    Raises:
+        MetricValueError: a value is not numeric or has more than one element; the message names the key.
+    """
+    out = np.empty(len(keys), dtype=np.float64)
+    on_device: dict[Any, list[tuple[int, Any]]] = {}
+    for i, key in enumerate(keys):
+        value = metrics[key]
+        if _is_torch_tensor(value):
+            if value.numel() != 1:
+                raise MetricValueError(
+                    f"metric {key!r} is a tensor of shape {tuple(value.shape)}; pass a scalar or 1-element tensor"
+                )
+            if value.is_complex():
+                raise MetricValueError(f"metric {key!r} has dtype {value.dtype}, which is not a real number")
+            if value.device.type == "cpu":
+                out[i] = float(value.detach().reshape(()).to(dtype=_torch_float64()))
+            else:
+                on_device.setdefault(value.device, []).append((i, value))
+            continue
+        if isinstance(value, np.ndarray):
+            if value.size != 1:
+                raise MetricValueError(f"metric {key!r} is an array of shape {value.shape}; pass a scalar")
+            value = value.reshape(()).item()
+        if isinstance(value, (bool, np.bool_)):
+            out[i] = float(value)
+        elif isinstance(value, numbers.Real):
+            out[i] = float(value)
+        else:
+            raise MetricValueError(
+                f"metric {key!r} has a value of type {type(value).__name__} ({value!r:.60}); "
+                "pass a number, numpy scalar or 1-element tensor"
+            )
+    for device_values in on_device.values():
+        import torch
+
+        stacked = torch.stack([v.detach().reshape(()).to(torch.float64) for _, v in device_values])
+        host = stacked.cpu().numpy()  # the one host transfer for this device
+        for (i, _), x in zip(device_values, host):
+            out[i] = x
+    return out
+
+
+def _torch_float64() -> Any:
+    import torch
+
+    return torch.float64
+
+
+def pack_row(plan: MetricPlan, values: np.ndarray | None, capacity: int) -> np.ndarray:
+    """Build one rank's row: header, then ``values`` padded with NaN to ``capacity``.
+
+    ``values=None`` marks this rank's call as failed (a bad value): the row still travels so no rank waits, and
+    every rank raises after the collective.
+    """
+    row = np.full(HEADER_SIZE + capacity, np.nan, dtype=np.float64)
+    row[FINGERPRINT] = plan.fingerprint
+    row[KEY_COUNT] = len(plan.keys)
+    row[ERROR_FLAG] = 1.0 if values is None else 0.0
+    if values is not None and len(values) <= capacity:
+        row[HEADER_SIZE : HEADER_SIZE + len(values)] = values
+    return row
+
+
+def reduce_rows(plan: MetricPlan, rows: np.ndarray, *, primary_rank: int = 0) -> dict[str, float]:
+    """Reduce the gathered rows of ranks whose key sets agree (same fingerprint).
+
+    Args:
+        plan: the keys and ops, identical on every rank.
+        rows: shape (world_size, HEADER_SIZE + capacity).
+        primary_rank: whose value ``Reduce.LOCAL`` keys take.
+
+    Returns:
+        Metric key (unprefixed) -> value; ``PER_RANK`` keys expand to ``<key>/rank<r>``.
+    """
+    n = len(plan.keys)
+    values = rows[:, HEADER_SIZE : HEADER_SIZE + n]
+    out: dict[str, float] = {}
+    for j, (key, op) in enumerate(zip(plan.keys, plan.ops)):
+        column = values[:, j]
+        if op is Reduce.PER_RANK:
+            for r, x in enumerate(column):
+                out[f"{key}/rank{r}"] = float(x)
+        else:
+            out[key] = _reduce_column(op, column, primary_index=min(primary_rank, len(column) - 1))
+    return out
+
+
+def _reduce_column(op: Reduce, column: np.ndarray, primary_index: int = 0) -> float:
+    if op is Reduce.MEAN:
+        return float(np.sum(column) / len(column))
+    if op is Reduce.SUM:
+        return float(np.sum(column))
+    if op is Reduce.MIN:
+        return float(np.min(column))
+    if op is Reduce.MAX:
+        return float(np.max(column))
+    return float(column[primary_index])
+
+
+def reduce_union(
+    entries: Sequence[Sequence[tuple[str, str, float]]], *, primary_rank: int = 0
+) -> tuple[dict[str, float], dict[str, list[int]]]:
+    """Reduce when ranks passed different key sets: each key over the ranks that passed it.
+
+    Args:
+        entries: per rank, its (key, op, value) triples.
+        primary_rank: whose value ``Reduce.LOCAL`` keys take when it passed the key.
+
+    Returns:
+        (values, missing): the reduced union (a mean divides by the number of ranks that passed the key), and
+        key -> ranks that did not pass it.
+
+    Raises:
+        MetricKeyMismatchError: ranks disagree on the reduce op of a key (names the key, ops and ranks).
+    """
+    by_key: dict[str, dict[int, float]] = {}
+    op_of: dict[str, dict[str, list[int]]] = {}
+    for rank, triples in enumerate(entries):
+        for key, op, value in triples:
+            by_key.setdefault(key, {})[rank] = value
+            op_of.setdefault(key, {}).setdefault(op, []).append(rank)
+    for key, ops in op_of.items():
+        if len(ops) > 1:
+            detail = "; ".join(f"{op} on ranks {ranks}" for op, ranks in sorted(ops.items()))
+            raise MetricKeyMismatchError(f"metric {key!r} has different reduce ops across ranks: {detail}")
+    world = len(entries)
+    out: dict[str, float] = {}
+    missing: dict[str, list[int]] = {}
+    for key in sorted(by_key):
+        per_rank = by_key[key]
+        op = Reduce(next(iter(op_of[key])))
+        if len(per_rank) < world:
+            missing[key] = [r for r in range(world) if r not in per_rank]
+        ranks = sorted(per_rank)
+        column = np.array([per_rank[r] for r in ranks], dtype=np.float64)
+        if op is Reduce.PER_RANK:
+            for r in ranks:
+                out[f"{key}/rank{r}"] = per_rank[r]
+        else:
+            primary_index = ranks.index(primary_rank) if primary_rank in per_rank else 0
+            out[key] = _reduce_column(op, column, primary_index=primary_index)
+    return out, missing
+
+
+def describe_missing(missing: Mapping[str, Sequence[int]], limit: int = 8) -> str:
+    """A short human description of which ranks lacked which keys."""
+    parts = [f"{key!r} missing on ranks {list(ranks)}" for key, ranks in list(missing.items())[:limit]]
+    if len(missing) > limit:
+        parts.append(f"... and {len(missing) - limit} more keys")
+    return "; ".join(parts)
+
+
+def apply_prefix(values: Mapping[str, float], prefix: str) -> dict[str, float]:
+    """Prefix every key; "" leaves keys as they are. A prefix without a trailing "/" is joined with "/"."""
+    if not prefix:
+        return dict(values)
+    joiner = "" if prefix.endswith("/") else "/"
+    return {f"{prefix}{joiner}{k}": v for k, v in values.items()}

@@ -1,0 +1,194 @@
+"""UnifiedLogger: rank-aware console and file logging, one progress bar, and a local metrics JSONL.
+
+Each rank writes its own files (``<name>.rank<r>.log`` and ``<name>.rank<r>.metrics.jsonl``), so ranks never
+interleave lines in one file. Only the primary rank prints INFO to the console and shows the progress bar; other
+ranks print warnings and errors. Handlers are closed on ``close()``/exit, never left open.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from sdxl_dist_log.config import LogConfig
+from sdxl_dist_log.ranks import RankInfo
+
+
+class _RankFilter(logging.Filter):
+    def __init__(self, rank: int) -> None:
+        super().__init__()
+        self.rank = rank
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.rank = self.rank
+        return True
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, (int, str, bool)) or value is None:
+        return value
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return number if math.isfinite(number) else str(number)  # JSON has no NaN/inf; keep them readable
+
+
+class UnifiedLogger:
+    """Console + file logger with progress tracking, for every rank.
+
+    Args:
+        config: a ``LogConfig`` or a mapping of its fields; defaults when None.
+        rank_info: this process's rank; from the environment when None.
+
+    Example:
+        >>> with UnifiedLogger(LogConfig(name="train", log_dir=tmp)) as log:  # doctest: +SKIP
+        ...     log.info("starting")
+    """
+
+    def __init__(self, config: LogConfig | Mapping[str, Any] | None = None, *, rank_info: RankInfo | None = None):
+        self.config = config if isinstance(config, LogConfig) else LogConfig.from_dict(config or {})
+        self.rank_info = rank_info or _rank_from_runtime()
+        cfg, rank = self.config, self.rank_info.rank
+        self.is_primary = rank == cfg.primary_rank
+        self.logger = logging.getLogger(f"sdxl_dist_log.{cfg.name}.rank{rank}")
+        self.logger.setLevel(cfg.level)
+        self.logger.propagate = False
+        self._handlers: list[logging.Handler] = []
+        formatter = logging.Formatter("%(asctime)s [rank %(rank)s] %(levelname)s %(message)s")
+        rank_filter = _RankFilter(rank)
+        self.log_path: Path | None = None
+        self.metrics_path: Path | None = None
+        if cfg.console:
+            console = logging.StreamHandler(sys.stderr)
+            console.setLevel(cfg.level if self.is_primary or cfg.all_ranks_console else "WARNING")
+            self._add(console, formatter, rank_filter)
+        if cfg.file or cfg.metrics_file:
+            os.makedirs(cfg.log_dir, exist_ok=True)
+        if cfg.file:
+            self.log_path = Path(cfg.log_dir) / f"{cfg.name}.rank{rank}.log"
+            self._add(logging.FileHandler(self.log_path, encoding="utf-8"), formatter, rank_filter)
+        self._metrics_file = None
+        if cfg.metrics_file:
+            self.metrics_path = Path(cfg.log_dir) / f"{cfg.name}.rank{rank}.metrics.jsonl"
+            self._metrics_file = open(self.metrics_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self._bar: Any = None
+        self._progress_total: int | None = None
+        self._progress_done = 0
+        self._progress_started = 0.0
+        self._closed = False
+
+    def _add(self, handler: logging.Handler, formatter: logging.Formatter, rank_filter: logging.Filter) -> None:
+        handler.setFormatter(formatter)
+        handler.addFilter(rank_filter)
+        self.logger.addHandler(handler)
+        self._handlers.append(handler)
+
+    # -- messages -----------------------------------------------------------------------------------------------
+    def debug(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        self.logger.debug(msg, *args, **kwargs)
+
+    def info(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        self.logger.info(msg, *args, **kwargs)
+
+    def warning(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        self.logger.warning(msg, *args, **kwargs)
+
+    def error(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        self.logger.error(msg, *args, **kwargs)
+
+    def exception(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        self.logger.exception(msg, *args, **kwargs)
+
+    # -- metrics ------------------------------------------------------------------------------------------------
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        """Append one JSON line of this rank's metrics (local, not reduced) and log them at DEBUG."""
+        row = {"time": time.time(), "step": step, **{str(k): _json_value(v) for k, v in metrics.items()}}
+        if self._metrics_file is not None:
+            self._metrics_file.write(json.dumps(row) + "\n")
+            self._metrics_file.flush()
+        self.logger.debug("metrics step=%s %s", step, {k: row[k] for k in row if k not in ("time", "step")})
+
+    # -- progress -----------------------------------------------------------------------------------------------
+    def start_progress(self, total: int | None = None, desc: str = "") -> None:
+        """Start (or restart) the progress bar; ``total=None`` for an open-ended count."""
+        self.close_progress()
+        if total is not None and total < 0:
+            raise ValueError(f"start_progress: total={total} must be >= 0")
+        self._progress_total = total
+        self._progress_done = 0
+        self._progress_started = time.monotonic()
+        if self.is_primary and self.config.progress:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total, desc=desc or self.config.name, dynamic_ncols=True, file=sys.stderr)
+
+    def update_progress(self, n: int = 1) -> None:
+        """Advance by ``n`` (0 is fine; past the total is clamped, never an error)."""
+        if n < 0:
+            raise ValueError(f"update_progress: n={n} must be >= 0")
+        if self._progress_total is not None:
+            n = max(0, min(n, self._progress_total - self._progress_done))
+        self._progress_done += n
+        if self._bar is not None and n:
+            self._bar.update(n)
+
+    def progress_stats(self) -> dict[str, float | None]:
+        """Steps done, total, rate (steps/s) and ETA (s); rate and ETA are None until they mean something."""
+        elapsed = time.monotonic() - self._progress_started if self._progress_started else 0.0
+        rate = self._progress_done / elapsed if elapsed > 0 and self._progress_done > 0 else None
+        remaining = None if self._progress_total is None else self._progress_total - self._progress_done
+        eta = remaining / rate if rate and remaining is not None else (0.0 if remaining == 0 else None)
+        return {"done": self._progress_done, "total": self._progress_total, "rate": rate, "eta": eta}
+
+    def close_progress(self) -> None:
+        """Close the bar and log a one-line summary (steps, time, rate)."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        if self._progress_started:
+            stats = self.progress_stats()
+            rate = f"{stats['rate']:.2f} steps/s" if stats["rate"] else "no steps"
+            self.logger.info("progress: %s/%s steps, %s", stats["done"], stats["total"], rate)
+            self._progress_started = 0.0
+
+    # -- lifecycle ----------------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Close the progress bar, the metrics file and every handler this logger added. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self.close_progress()
+        if self._metrics_file is not None:
+            self._metrics_file.close()
+            self._metrics_file = None
+        for handler in self._handlers:
+            self.logger.removeHandler(handler)
+            handler.close()
+        self._handlers.clear()
+
+    def __enter__(self) -> UnifiedLogger:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc is not None:
+            self.logger.error("exiting on %s: %s", exc_type.__name__ if exc_type else "error", exc)
+        self.close()
+
+
+def _rank_from_runtime() -> RankInfo:
+    rank = RankInfo.from_env(os.environ)
+    torch_dist = sys.modules.get("torch.distributed")
+    if torch_dist is not None and torch_dist.is_available() and torch_dist.is_initialized():
+        rank = rank.with_process_group(torch_dist.get_rank(), torch_dist.get_world_size())
+    return rank

@@ -1,0 +1,551 @@
+"""WandbLogger: the rank-aware facade every rank calls.
+
+Composition, decided once at construction: a ``Collectives`` (the only torch.distributed user), a backend (the W&B
+run on the primary rank, a ``NullBackend`` elsewhere), a ``Dispatcher`` (inline, or one background thread with
+``async_metrics``), and the background ``SystemMetrics`` sampler. No rank checks at call sites beyond that choice.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from types import FrameType, TracebackType
+from typing import Any
+
+import numpy as np
+
+from sdxl_dist_log import media
+from sdxl_dist_log.backends.base import Backend, NullBackend, RunIdentity
+from sdxl_dist_log.collectives import CallInfo, CollectiveError, Collectives
+from sdxl_dist_log.config import ConfigError, WandbConfig
+from sdxl_dist_log.dispatch import Dispatcher
+from sdxl_dist_log.launch.naming import derive_group, derive_job_type, derive_run_id, resume_mode
+from sdxl_dist_log.metrics import (
+    ERROR_FLAG,
+    FINGERPRINT,
+    KEY_COUNT,
+    MetricKeyMismatchError,
+    MetricPlan,
+    MetricValueError,
+    apply_prefix,
+    describe_missing,
+    pack_row,
+    pack_values,
+    reduce_rows,
+    reduce_union,
+    resolve_reduce,
+)
+from sdxl_dist_log.ranks import RankInfo
+from sdxl_dist_log.runconfig import deep_merge, redact_secrets
+
+_log = logging.getLogger("sdxl_dist_log")
+_FINAL_ALIASES = frozenset({"best", "final"})
+
+
+class WandbLogger:
+    """Log metrics, images, checkpoints and config from every rank of a job into one W&B run.
+
+    Every rank constructs it at the same point (after ``init_process_group``, if any) and calls ``log_metrics`` and
+    ``log_images`` at the same points: these are collective. ``log_model`` and ``log_config`` are not: call them on
+    every rank or on the primary only; only the primary uploads.
+
+    Args:
+        config: a ``WandbConfig``, or a mapping of its fields (unknown keys are an error).
+        logger: a ``UnifiedLogger`` (or a ``logging.Logger``) that receives this logger's messages.
+        rank_info: where this process sits; read from ``env`` when None.
+        env: the environment to read the launch from; ``os.environ`` when None.
+
+    Example:
+        >>> with WandbLogger(WandbConfig(project="sdxl", mode="offline")) as wb:  # doctest: +SKIP
+        ...     wb.log_metrics({"loss": loss}, step=step)
+    """
+
+    def __init__(
+        self,
+        config: WandbConfig | Mapping[str, Any] | None = None,
+        logger: Any | None = None,
+        *,
+        rank_info: RankInfo | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.config = config if isinstance(config, WandbConfig) else WandbConfig.from_dict(config or {})
+        self._env: Mapping[str, str] = os.environ if env is None else env
+        self._unified = logger
+        self._log = logger if isinstance(logger, logging.Logger) else getattr(logger, "logger", None) or _log
+        rank = rank_info or RankInfo.from_env(self._env)
+        cfg = self.config
+        self._collectives = Collectives.create(
+            rank=rank.rank, world_size=rank.world_size, timeout=cfg.collective_timeout,
+            setup_timeout=2 * cfg.init_timeout + cfg.finish_timeout,
+        )
+        if self._collectives.active:
+            rank = rank.with_process_group(self._collectives.rank, self._collectives.world_size)
+        elif rank.world_size > 1:
+            self._warn(
+                f"WORLD_SIZE={rank.world_size} but torch.distributed is not initialized: metrics are not reduced "
+                f"across ranks; only rank {cfg.primary_rank} logs (its own values) to the run"
+            )
+        if cfg.primary_rank >= rank.world_size:
+            raise ConfigError(f"WandbConfig.primary_rank={cfg.primary_rank} is not a rank of this launch "
+                              f"(world size {rank.world_size})")
+        self.rank_info = rank
+        self.is_primary = rank.is_primary(cfg.primary_rank)
+        self._lock = threading.RLock()
+        self._capacity = 64
+        self._last_step: int | None = None
+        self._run_config: dict[str, Any] = {}
+        self._warned: set[str] = set()
+        self._finished = False
+        self._backend: Backend = NullBackend()
+        self.identity = self._start_run()
+        self._dispatcher = Dispatcher(threaded=cfg.async_metrics)
+        self._system = self._start_system_metrics()
+        self._previous_handlers: dict[int, Any] = {}
+
+    # -- construction -------------------------------------------------------------------------------------------
+    def _start_run(self) -> RunIdentity:
+        cfg, rank = self.config, self.rank_info
+        proposal: dict[str, Any] | None = None
+        if self.is_primary:
+            from sdxl_dist_log.backends.wandb_backend import start_backend
+
+            run_id, stable = derive_run_id(cfg, self._env)
+            proposed = RunIdentity(
+                run_id=run_id,
+                name=cfg.name or run_id,
+                group=derive_group(cfg, rank, self._env),
+                job_type=derive_job_type(cfg, rank, self._env),
+                mode=cfg.mode,
+                tags=tuple(cfg.tags),
+            )
+            launch = {"launcher": rank.launcher, "world_size": rank.world_size, "num_nodes": rank.num_nodes,
+                      "job_id": rank.job_id, "primary_host": rank.hostname}
+            self._run_config = redact_secrets(deep_merge(cfg.config, {"sdxl_dist_log": launch}))
+            try:
+                self._backend, identity = start_backend(cfg, proposed, self._run_config, resume_mode(cfg, stable))
+            except Exception as exc:  # even the offline init failed (disk full, ...): train on, log nothing
+                self._warn(f"W&B run could not be started ({type(exc).__name__}: {exc}); logging is disabled")
+                identity = RunIdentity(**{**proposed.to_json(), "tags": proposed.tags, "mode": "disabled",
+                                          "fallback_reason": str(exc)})
+            proposal = identity.to_json()
+        # Every rank learns the outcome (mode after any fallback), so no rank waits longer than the primary's bound.
+        shared = self._collectives.broadcast_json(
+            proposal, src=cfg.primary_rank, call=CallInfo("init"),
+            timeout=2 * cfg.init_timeout + cfg.collective_timeout,
+        )
+        identity = RunIdentity.from_json(shared) if shared is not None else RunIdentity("local", "local", None, None)
+        if self.is_primary:
+            self._info(f"W&B run {identity.run_id} ({identity.mode}) group={identity.group} "
+                       f"job_type={identity.job_type} dir={identity.run_dir}")
+        return identity
+
+    def _start_system_metrics(self) -> Any:
+        cfg = self.config
+        if not cfg.log_system_metrics or self.identity.mode == "disabled" and not self._collectives.active:
+            return None
+        try:
+            from sdxl_dist_log import sysstats
+            from sdxl_dist_log.fake_nvml import fake_nvml_from_env
+
+            store = self._collectives.store
+            if store is None:
+                import torch.distributed as dist
+
+                store = dist.HashStore()
+            cuda_device = _current_cuda_device()
+            system = sysstats.SystemMetrics(
+                self.rank_info,
+                store,
+                interval=cfg.system_metrics_interval,
+                run_dir=cfg.dir,
+                sink=self._log_system_row if self.is_primary else None,
+                aggregate_only=cfg.system_metrics_aggregate_only,
+                nvml=fake_nvml_from_env(self._env),
+                cuda_device=cuda_device,
+                namespace=f"{self._collectives.namespace}/sys",
+                logger=self._log,
+            )
+            system.start()
+            return system
+        except Exception as exc:  # system metrics are a bonus: never fail the job for them
+            self._warn(f"system metrics are off: {type(exc).__name__}: {exc}")
+            return None
+
+    # -- metrics ------------------------------------------------------------------------------------------------
+    def log_metrics(
+        self,
+        metrics: Mapping[str, Any],
+        step: int | None = None,
+        commit: bool = True,
+        prefix: str | None = None,
+        reduce: str | Mapping[str, str] | None = None,
+    ) -> dict[str, float] | None:
+        """Reduce ``metrics`` over all ranks in one collective and log one row on the primary. Collective.
+
+        Args:
+            metrics: key -> python number, numpy scalar, or 0-d/1-element tensor (CPU or CUDA).
+            step: the training step; the last one when None.
+            commit: False keeps the values pending and merges them into the next committed row.
+            prefix: key prefix; ``WandbConfig.metric_prefix`` when None, "" for none.
+            reduce: op for all keys ("mean", "sum", "min", "max", "per_rank", "local") or key/glob -> op;
+                ``WandbConfig.metric_reduce`` and then "mean" fill in.
+
+        Returns:
+            The logged (reduced, prefixed) values, or None with ``async_metrics`` (they are computed later).
+
+        Raises:
+            MetricValueError: a value is not numeric or has several elements, on any rank (raised on every rank;
+                nothing of the call is logged).
+            MetricKeyMismatchError: with ``strict_keys``, ranks passed different keys (raised on every rank).
+            CollectiveError: ranks did not all reach the call within ``collective_timeout`` (named).
+        """
+        self._dispatcher.raise_pending()
+        keys = tuple(sorted(metrics))
+        error: Exception | None = None
+        values = None
+        try:
+            for key in keys:
+                if not isinstance(key, str) or not key:
+                    raise MetricValueError(f"metric key {key!r} is not a non-empty string")
+            merged = {**self.config.metric_reduce, **(reduce if isinstance(reduce, Mapping) else {})}
+            ops = resolve_reduce(keys, reduce if isinstance(reduce, str) else merged)
+            plan = MetricPlan(keys, ops)
+            values = pack_values(metrics, keys)
+        except MetricValueError as exc:
+            error, plan = exc, MetricPlan(keys, tuple(resolve_reduce(keys, None)))
+        if error is not None and not self._collectives.active:
+            raise error
+        call = CallInfo("log_metrics", step)
+        prefix = self.config.metric_prefix if prefix is None else prefix
+        result: list[dict[str, float]] = []
+        self._dispatcher.submit(lambda: result.append(self._reduce_and_log(plan, values, error, call, prefix, commit)))
+        return result[0] if result else None
+
+    def _reduce_and_log(
+        self, plan: MetricPlan, values: np.ndarray | None, error: Exception | None, call: CallInfo, prefix: str,
+        commit: bool,
+    ) -> dict[str, float]:
+        rows = self._gather_metric_rows(plan, values, call)
+        if np.any(rows[:, ERROR_FLAG] != 0):
+            bad = [r for r in range(len(rows)) if rows[r, ERROR_FLAG] != 0]
+            own = f": {error}" if error is not None else ""
+            raise MetricValueError(f"{call}: ranks {bad} passed invalid metric values{own}; nothing was logged")
+        if np.all(rows[:, FINGERPRINT] == rows[0, FINGERPRINT]) and np.all(rows[:, KEY_COUNT] == rows[0, KEY_COUNT]):
+            reduced = reduce_rows(plan, rows, primary_rank=self.config.primary_rank)
+        else:
+            reduced = self._reduce_differing_keys(plan, values, call)
+        logged = apply_prefix(reduced, prefix)
+        self._warn_if_degraded(call)
+        self._write_row(logged, call.step, commit)
+        return logged
+
+    def _gather_metric_rows(self, plan: MetricPlan, values: np.ndarray | None, call: CallInfo) -> np.ndarray:
+        rows = self._collectives.all_gather_rows(pack_row(plan, values, self._capacity), call)
+        widest = int(np.max(rows[:, KEY_COUNT]))
+        if widest > self._capacity:  # every rank sees the same counts, so all grow together and gather again
+            self._capacity = 1 << (widest - 1).bit_length()
+            rows = self._collectives.all_gather_rows(pack_row(plan, values, self._capacity), call)
+        return rows
+
+    def _reduce_differing_keys(self, plan: MetricPlan, values: np.ndarray | None, call: CallInfo) -> dict[str, float]:
+        mine = [(k, op.value, float(v)) for k, op, v in zip(plan.keys, plan.ops, values if values is not None else [])]
+        entries = self._collectives.all_gather_object(mine, call)
+        reduced, missing = reduce_union(entries, primary_rank=self.config.primary_rank)
+        if self.config.strict_keys:
+            raise MetricKeyMismatchError(
+                f"{call}: ranks passed different metric keys (strict_keys=True): {describe_missing(missing)}", missing
+            )
+        note = f"{call}: ranks passed different metric keys; logged the union, each key reduced over the ranks " \
+               f"that passed it: {describe_missing(missing)}"
+        if self.is_primary:
+            self._warn(note, once_key=f"keys:{sorted(missing)}")
+        return reduced
+
+    # -- images -------------------------------------------------------------------------------------------------
+    def log_images(
+        self,
+        images: Any,
+        captions: Sequence[str] | str | None = None,
+        step: int | None = None,
+        prefix: str | None = None,
+        value_range: tuple[float, float] | None = None,
+    ) -> int:
+        """Send every rank's images to the run, at most ``max_images_to_log`` in all (a fair share each). Collective.
+
+        Args:
+            images: a PIL image, numpy HW/HWC array, torch HW/CHW/BCHW tensor, or a sequence of them; zero images
+                (``[]``) is fine on ranks that have none.
+            captions: one per image, or None; with several ranks each caption is marked with its rank.
+            step: the training step; the last one when None.
+            prefix: key prefix, ``WandbConfig.sample_prefix`` when None: images land under ``<prefix>/images``.
+            value_range: range of float images; ``WandbConfig.image_value_range`` when None.
+
+        Returns:
+            The number of images logged in the run (on the primary; on other ranks, how many this rank sent).
+
+        Raises:
+            media.ImageInputError / ValueError: an image or the captions are invalid on some rank (every rank raises).
+        """
+        self._dispatcher.raise_pending()
+        cfg = self.config
+        value_range = value_range or cfg.image_value_range
+        error: Exception | None = None
+        arrays: list[np.ndarray] = []
+        names: list[str | None] = []
+        try:
+            arrays = media.to_uint8_hwc(images, value_range=value_range) if _has_images(images) else []
+            names = media.normalize_captions(captions, len(arrays))
+        except ValueError as exc:
+            error, arrays, names = exc, [], []
+        if error is not None and not self._collectives.active:
+            raise error
+        key = f"{cfg.sample_prefix if prefix is None else prefix}/images".lstrip("/")
+        call = CallInfo("log_images", step)
+        sent: list[int] = []
+        self._dispatcher.submit(lambda: sent.append(self._gather_and_log_images(arrays, names, error, key, call)))
+        return sent[0] if sent else 0
+
+    def _gather_and_log_images(
+        self, arrays: list[np.ndarray], captions: list[str | None], error: Exception | None, key: str, call: CallInfo
+    ) -> int:
+        cap = self.config.max_images_to_log
+        described = arrays[:cap]
+        encoded_captions = [(c or "").encode() if c is not None else None for c in captions[:cap]]
+        table = np.full((cap, 4), -1.0)
+        for i, (image, caption) in enumerate(zip(described, encoded_captions)):
+            table[i] = (*image.shape, -1 if caption is None else len(caption))
+        row = np.concatenate([[1.0 if error is not None else 0.0, len(arrays)], table.ravel()])
+        rows = self._collectives.all_gather_rows(row, call)
+        if np.any(rows[:, 0] != 0):
+            bad = [r for r in range(len(rows)) if rows[r, 0] != 0]
+            raise ValueError(f"{call}: ranks {bad} passed invalid images or captions"
+                             + (f": {error}" if error is not None else "") + "; nothing was logged")
+        offered = [int(n) for n in rows[:, 1]]
+        shares = media.fair_shares(offered, cap)
+        if sum(offered) > cap and self.is_primary:
+            self._warn(f"{call}: {sum(offered)} images offered, logging {cap} (max_images_to_log); "
+                       f"per rank {shares}", once_key="image-cap")
+        tables = rows[:, 2:].reshape(len(rows), cap, 4) if cap else np.zeros((len(rows), 0, 4))
+
+        def nbytes(r: int) -> int:
+            t = tables[r, : shares[r]]
+            return int(sum(int(h * w * c) + max(int(n), 0) for h, w, c, n in t))
+
+        mine = shares[self.rank_info.rank if self._collectives.active else 0]
+        payload = np.concatenate(
+            [a.reshape(-1) for a in described[:mine]]
+            + [np.frombuffer(c, np.uint8) for c in encoded_captions[:mine] if c is not None]
+            + [np.empty(0, np.uint8)]
+        )
+        if self._collectives.active:
+            buffers = self._collectives.gather_bytes(payload, [nbytes(r) for r in range(len(rows))],
+                                                     dst=self.config.primary_rank, call=call)
+        else:
+            buffers = [payload]
+        if not self.is_primary:
+            return mine
+        images: list[np.ndarray] = []
+        names: list[str | None] = []
+        several = len(rows) > 1
+        for r, buffer in enumerate(buffers):
+            t = tables[r, : shares[r]]
+            offset = 0
+            for h, w, c, _ in t:
+                size = int(h * w * c)
+                images.append(buffer[offset : offset + size].reshape(int(h), int(w), int(c)))
+                offset += size
+            for _, _, _, n in t:
+                text = None if n < 0 else bytes(buffer[offset : offset + int(n)]).decode()
+                offset += max(int(n), 0)
+                names.append(f"[rank {r}] {text}" if several and text is not None else
+                             (f"[rank {r}]" if several else text))
+        self._warn_if_degraded(call)
+        if images:
+            with self._lock:
+                self._remember_step(call.step)
+                self._backend.log_images(key, images, names, call.step)
+        return len(images)
+
+    # -- checkpoints and config ---------------------------------------------------------------------------------
+    def log_model(
+        self,
+        path: str | os.PathLike[str],
+        metadata: Mapping[str, Any] | None = None,
+        aliases: Sequence[str] | None = None,
+        *,
+        name: str | None = None,
+        type: str = "model",
+    ) -> bool:
+        """Upload a checkpoint file or directory as a new version of one artifact. Primary only; never blocks others.
+
+        Successive calls make versions v0, v1, ... of the artifact ``name`` (default ``checkpoint_prefix``).
+        ``log_model=False`` makes this a no-op, and ``log_checkpoints=False`` skips calls without a "best" or "final"
+        alias.
+
+        Returns:
+            True if this rank uploaded it.
+
+        Raises:
+            FileNotFoundError: ``path`` does not exist (checked on the primary before anything is uploaded).
+        """
+        self._dispatcher.raise_pending()
+        cfg = self.config
+        aliases = list(aliases or [])
+        if not self.is_primary or not cfg.log_model:
+            return False
+        if not cfg.log_checkpoints and not _FINAL_ALIASES.intersection(aliases):
+            return False
+        source = os.fspath(path)
+        if not os.path.exists(source):
+            raise FileNotFoundError(f"log_model: checkpoint {source!r} does not exist; nothing was uploaded")
+        artifact = _artifact_name(name or cfg.checkpoint_prefix)
+        details = {"source_path": os.path.abspath(source), **({"step": self._last_step} if self._last_step is not None
+                                                              else {}), **dict(metadata or {})}
+        self._backend.log_artifact(source, name=artifact, type=type, aliases=aliases, metadata=details)
+        self._info(f"checkpoint {source} -> artifact {artifact} aliases={aliases}")
+        return True
+
+    def log_config(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """Merge ``values`` into the run config (nested dicts merge key by key; secrets redacted). Primary only.
+
+        Returns:
+            The whole merged config as logged.
+        """
+        self._dispatcher.raise_pending()
+        if not isinstance(values, Mapping):
+            raise TypeError(f"log_config takes a mapping, got {type(values).__name__}")
+        if not self.is_primary:
+            return {}
+        clean = redact_secrets(values)
+        self._run_config = deep_merge(self._run_config, clean)
+        self._backend.update_config({k: self._run_config[k] for k in clean})
+        return dict(self._run_config)
+
+    # -- lifecycle ----------------------------------------------------------------------------------------------
+    def finish(self, exit_code: int = 0) -> None:
+        """Drain queued logging, stop the sampler and close the run, within ``finish_timeout`` seconds in all.
+
+        Raises:
+            The first error of a background logging job, after the run is closed (``async_metrics`` only).
+        """
+        if self._finished:
+            return
+        self._finished = True
+        deadline = time.monotonic() + self.config.finish_timeout
+        if not self._dispatcher.close(max(0.0, deadline - time.monotonic())):
+            self._warn("queued logging did not finish within finish_timeout; the rest is dropped")
+        if self._system is not None:
+            self._system.stop(timeout=max(0.1, min(5.0, deadline - time.monotonic())))
+        self._restore_signal_handlers()
+        self._backend.finish(exit_code, max(1.0, deadline - time.monotonic()))
+        self._dispatcher.raise_pending()
+
+    def __enter__(self) -> WandbLogger:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is None:
+            self.finish(0)
+            return
+        try:
+            self.finish(1)
+        except Exception as pending:  # the training error is the one to see
+            self._log.error("while finishing after an error: %s", pending)
+
+    def handle_preemption(self, signals: Sequence[int] = (signal.SIGTERM, signal.SIGUSR1)) -> None:
+        """On these signals, mark the run as preempting, flush and finish it (bounded), then run the previous handler.
+
+        Call from the main thread. submitit's own handlers (checkpoint + requeue) still run after ours.
+        """
+        for sig in signals:
+            self._previous_handlers[sig] = signal.signal(sig, self._on_preemption)
+
+    def _on_preemption(self, signum: int, frame: FrameType | None) -> None:
+        self._warn(f"received {signal.Signals(signum).name}: marking the run as preempting and finishing it")
+        try:
+            if self.is_primary:
+                self._backend.mark_preempting()
+            self.finish(exit_code=1)
+        except Exception as exc:
+            self._log.error("finishing on %s failed: %s", signal.Signals(signum).name, exc)
+        previous = self._previous_handlers.get(signum)
+        signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+        if callable(previous):
+            previous(signum, frame)
+        elif previous in (signal.SIG_DFL, None):
+            os.kill(os.getpid(), signum)
+
+    def _restore_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig, previous in self._previous_handlers.items():
+            if signal.getsignal(sig) == self._on_preemption:
+                signal.signal(sig, previous)
+        self._previous_handlers.clear()
+
+    # -- internals ----------------------------------------------------------------------------------------------
+    @property
+    def collective_counts(self) -> dict[str, int]:
+        """Collectives issued so far by op, for tests and benchmarks."""
+        return dict(self._collectives.counts)
+
+    @property
+    def run_dir(self) -> str | None:
+        return self.identity.run_dir
+
+    def _write_row(self, values: Mapping[str, Any], step: int | None, commit: bool) -> None:
+        with self._lock:
+            self._remember_step(step)
+            self._backend.log_row(values, step, commit)
+
+    def _remember_step(self, step: int | None) -> None:
+        if step is not None:
+            self._last_step = step
+
+    def _log_system_row(self, row: Mapping[str, float]) -> None:
+        with self._lock:
+            self._backend.log_row(dict(row), self._last_step)
+
+    def _warn_if_degraded(self, call: CallInfo) -> None:
+        failure = self._collectives.failure
+        if failure is not None and self.is_primary:
+            self._warn(f"{call}: values are this rank's own, not reduced: logging collectives are off since "
+                       f"{failure.call}", once_key="degraded")
+
+    def _warn(self, message: str, once_key: str | None = None) -> None:
+        if once_key is not None:
+            if once_key in self._warned:
+                return
+            self._warned.add(once_key)
+        self._log.warning(message)
+
+    def _info(self, message: str) -> None:
+        self._log.info(message)
+
+
+def _has_images(images: Any) -> bool:
+    return images is not None and not (isinstance(images, (list, tuple)) and len(images) == 0)
+
+
+def _artifact_name(name: str) -> str:
+    cleaned = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in name).strip("-.")
+    if not cleaned:
+        raise ValueError(f"artifact name {name!r} has no usable characters")
+    return cleaned
+
+
+def _current_cuda_device() -> int | None:
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return torch.cuda.current_device()
+
+
+__all__ = ["WandbLogger", "CollectiveError"]
