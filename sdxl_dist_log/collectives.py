@@ -7,8 +7,10 @@ The logger runs its collectives on a gloo group of its own, created once when th
 
 Every collective is bounded by ``timeout``. A rank that has waited ``presence_after`` seconds posts its presence to
 the process group's key-value store; when the wait fails, the ranks that never posted are named in the error. Every
-gathered row starts with (sequence number, call kind, step), so a rank that skipped a call is caught in the next one
-instead of silently pairing its values with another call's. After any failure the group is closed for logging:
+gathered row starts with (sequence number, call kind, step, length), so a rank that skipped a call is caught in the
+next one instead of silently pairing its values with another call's. Rows travel in one frame size, the same on every
+rank whatever the call: gloo aborts the whole process when ranks pass different sizes, so a skipped call must never
+become a size mismatch. After any failure the group is closed for logging:
 later calls reduce nothing and say so once, and training goes on.
 
 Without an initialized process group every operation is the identity on this rank's data.
@@ -32,8 +34,9 @@ import numpy as np
 _log = logging.getLogger("sdxl_dist_log")
 _instance_numbers = itertools.count()  # same on every rank: loggers are built in the same order everywhere
 
-SEQUENCE, KIND, STEP = 0, 1, 2
-CALL_HEADER = 3
+SEQUENCE, KIND, STEP, LENGTH = 0, 1, 2, 3
+CALL_HEADER = 4
+INITIAL_FRAME = 128  # float64 values per rank and gather; grows (in lockstep on all ranks) when a row needs more
 _KINDS = {"init": 1, "log_metrics": 2, "log_images": 3, "log_model": 4, "log_config": 5, "finish": 6}
 
 
@@ -103,6 +106,7 @@ class Collectives:
         self.presence_after = min(1.0, timeout / 4)
         self.namespace = namespace
         self._sequence = 0
+        self.frame = INITIAL_FRAME
         self.failure: CollectiveError | None = None
         self.counts: Counter[str] = Counter()
 
@@ -144,10 +148,13 @@ class Collectives:
 
     # -- operations ---------------------------------------------------------------------------------------------
     def all_gather_rows(self, row: np.ndarray, call: CallInfo) -> np.ndarray:
-        """Gather one float64 row from every rank, checking that all ranks are in the same call.
+        """Gather one float64 row from every rank (lengths may differ), checking all ranks are in the same call.
+
+        One gather in the steady state; when some rank's row outgrows the frame, every rank sees it in the headers,
+        grows the frame alike and gathers once more.
 
         Returns:
-            Array of shape (ranks, len(row)); one row when not active.
+            Array of shape (ranks, longest row), shorter rows padded with NaN; one row when not active.
 
         Raises:
             CollectiveTimeoutError: ranks did not arrive within the timeout (they are named).
@@ -155,17 +162,28 @@ class Collectives:
         """
         if not self.active:
             return row[None, :].copy()
+        gathered = self._gather_frame(row, call)
+        longest = int(np.max(gathered[:, LENGTH]))
+        if longest > self.frame:
+            self.frame = 1 << (longest - 1).bit_length()
+            gathered = self._gather_frame(row, call)
+        return gathered[:, CALL_HEADER : CALL_HEADER + longest]
+
+    def _gather_frame(self, row: np.ndarray, call: CallInfo) -> np.ndarray:
         import torch
         import torch.distributed as dist
 
         self._sequence += 1
-        header = np.array([self._sequence, call.kind, -1 if call.step is None else call.step], dtype=np.float64)
-        send = torch.from_numpy(np.concatenate([header, row]))
-        out = torch.empty(self.world_size * send.numel(), dtype=torch.float64)
-        self._wait(dist.all_gather_single(out, send, group=self._group, async_op=True), call, "all_gather")
-        rows = out.numpy().reshape(self.world_size, -1)
-        self._check_in_step(rows[:, :CALL_HEADER], call)
-        return rows[:, CALL_HEADER:]
+        send = np.full(CALL_HEADER + self.frame, np.nan, dtype=np.float64)
+        send[:CALL_HEADER] = (self._sequence, call.kind, -1 if call.step is None else call.step, len(row))
+        fits = min(len(row), self.frame)
+        send[CALL_HEADER : CALL_HEADER + fits] = row[:fits]
+        out = torch.empty(self.world_size * send.size, dtype=torch.float64)
+        self._wait(dist.all_gather_single(out, torch.from_numpy(send), group=self._group, async_op=True), call,
+                   "all_gather")
+        gathered = out.numpy().reshape(self.world_size, -1)
+        self._check_in_step(gathered[:, :CALL_HEADER], call)
+        return gathered
 
     def all_gather_object(self, obj: Any, call: CallInfo) -> list[Any]:
         """Gather a picklable object from every rank (rare paths only: it pickles). Identity when not active."""
@@ -307,23 +325,23 @@ class Collectives:
     def _check_in_step(self, headers: np.ndarray, call: CallInfo) -> None:
         sequence_ok = np.all(headers[:, SEQUENCE] == headers[0, SEQUENCE])
         kinds_ok = np.all(headers[:, KIND] == headers[0, KIND])
-        steps_ok = np.all(headers[:, STEP] == headers[0, STEP])
-        if sequence_ok and kinds_ok and steps_ok:
+        if sequence_ok and kinds_ok:  # different steps at the same call are the user's business, not a desync
             return
         mine = headers[self.rank]
-        odd = [r for r in range(len(headers)) if not np.array_equal(headers[r], headers[0])]
+        calls = [(h[SEQUENCE], h[KIND]) for h in headers]
+        majority = Counter(calls).most_common(1)[0][0]  # blame the ranks that differ from most, not from rank 0
+        reference = calls.index(majority)
+        odd = [r for r, c in enumerate(calls) if c != majority]
         detail = ", ".join(
             f"rank {r}: {_describe_kind(int(h[KIND]))}"
             + ("" if h[STEP] < 0 else f" at step {int(h[STEP])}")
             + f" (logging call #{int(h[SEQUENCE])})"
             for r, h in enumerate(headers)
-            if r == 0 or r in odd
+            if r == reference or r in odd
         )
         bad = odd if odd else [self.rank]
-        if not sequence_ok:
-            reason = "ranks are at different logging calls: one skipped or added a call"
-        else:
-            reason = "ranks logged different steps" if kinds_ok else "ranks made different logging calls"
+        reason = ("ranks are at different logging calls: one skipped or added a call" if not sequence_ok
+                  else "ranks made different logging calls")
         error = RanksOutOfStepError(
             f"{call} on rank {self.rank} (call #{int(mine[SEQUENCE])}): {reason}; {detail}. "
             "Logging collectives are off from here on; training is not affected.",

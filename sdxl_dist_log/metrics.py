@@ -168,18 +168,18 @@ def _torch_float64() -> Any:
     return torch.float64
 
 
-def pack_row(plan: MetricPlan, values: np.ndarray | None, capacity: int) -> np.ndarray:
-    """Build one rank's row: header, then ``values`` padded with NaN to ``capacity``.
+def pack_row(plan: MetricPlan, values: np.ndarray | None) -> np.ndarray:
+    """Build one rank's row: header, then the values in key order.
 
     ``values=None`` marks this rank's call as failed (a bad value): the row still travels so no rank waits, and
     every rank raises after the collective.
     """
-    row = np.full(HEADER_SIZE + capacity, np.nan, dtype=np.float64)
+    row = np.full(HEADER_SIZE + len(plan.keys), np.nan, dtype=np.float64)
     row[FINGERPRINT] = plan.fingerprint
     row[KEY_COUNT] = len(plan.keys)
     row[ERROR_FLAG] = 1.0 if values is None else 0.0
-    if values is not None and len(values) <= capacity:
-        row[HEADER_SIZE : HEADER_SIZE + len(values)] = values
+    if values is not None:
+        row[HEADER_SIZE:] = values
     return row
 
 
@@ -188,7 +188,7 @@ def reduce_rows(plan: MetricPlan, rows: np.ndarray, *, primary_rank: int = 0) ->
 
     Args:
         plan: the keys and ops, identical on every rank.
-        rows: shape (world_size, HEADER_SIZE + capacity).
+        rows: shape (world_size, at least HEADER_SIZE + number of keys).
         primary_rank: whose value ``Reduce.LOCAL`` keys take.
 
     Returns:

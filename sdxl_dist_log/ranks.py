@@ -29,6 +29,11 @@ def _int(env: Mapping[str, str], key: str) -> int | None:
         raise RankEnvironmentError(f"environment variable {key}={raw!r} is not an integer") from None
 
 
+def _check_below(env: Mapping[str, str], name: str, value: int, bound_name: str, bound: int) -> None:
+    if not 0 <= value < bound:
+        raise RankEnvironmentError(f"{name}={env.get(name, value)} must be in 0..{bound - 1} ({bound_name}={bound})")
+
+
 @dataclass(frozen=True)
 class RankInfo:
     """This process's place in a launch.
@@ -127,10 +132,16 @@ class RankInfo:
             job_id = slurm_job
             if job_id is None and env.get("TORCHELASTIC_RUN_ID") not in (None, "", "none"):
                 job_id = env["TORCHELASTIC_RUN_ID"]
+            rank = _int(env, "RANK") or 0
+            _check_below(env, "RANK", rank, "WORLD_SIZE", world)
+            local_rank = _int(env, "LOCAL_RANK")
+            if local_rank is None:  # hand-set env: ranks fill nodes in order, so only one per node leads
+                local_rank = rank % max(local_world, 1)
+            _check_below(env, "LOCAL_RANK", local_rank, "LOCAL_WORLD_SIZE", local_world)
             return cls(
-                rank=_int(env, "RANK") or 0,
+                rank=rank,
                 world_size=world,
-                local_rank=_int(env, "LOCAL_RANK") or 0,
+                local_rank=local_rank,
                 local_world_size=local_world,
                 node_rank=node_rank,
                 num_nodes=max(1, -(-world // max(local_world, 1))),
@@ -143,8 +154,10 @@ class RankInfo:
             world = _int(env, "SLURM_NTASKS") or 1
             num_nodes = _int(env, "SLURM_JOB_NUM_NODES") or _int(env, "SLURM_NNODES") or 1
             local_world = _int(env, "SLURM_NTASKS_PER_NODE") or -(-world // num_nodes)
+            rank = _int(env, "SLURM_PROCID") or 0
+            _check_below(env, "SLURM_PROCID", rank, "SLURM_NTASKS", world)
             return cls(
-                rank=_int(env, "SLURM_PROCID") or 0,
+                rank=rank,
                 world_size=world,
                 local_rank=_int(env, "SLURM_LOCALID") or 0,
                 local_world_size=local_world,

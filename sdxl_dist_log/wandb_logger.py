@@ -95,7 +95,6 @@ class WandbLogger:
         self.rank_info = rank
         self.is_primary = rank.is_primary(cfg.primary_rank)
         self._lock = threading.RLock()
-        self._capacity = 64
         self._last_step: int | None = None
         self._run_config: dict[str, Any] = {}
         self._warned: set[str] = set()
@@ -229,7 +228,7 @@ class WandbLogger:
         self, plan: MetricPlan, values: np.ndarray | None, error: Exception | None, call: CallInfo, prefix: str,
         commit: bool,
     ) -> dict[str, float]:
-        rows = self._gather_metric_rows(plan, values, call)
+        rows = self._collectives.all_gather_rows(pack_row(plan, values), call)
         if np.any(rows[:, ERROR_FLAG] != 0):
             bad = [r for r in range(len(rows)) if rows[r, ERROR_FLAG] != 0]
             own = f": {error}" if error is not None else ""
@@ -242,14 +241,6 @@ class WandbLogger:
         self._warn_if_degraded(call)
         self._write_row(logged, call.step, commit)
         return logged
-
-    def _gather_metric_rows(self, plan: MetricPlan, values: np.ndarray | None, call: CallInfo) -> np.ndarray:
-        rows = self._collectives.all_gather_rows(pack_row(plan, values, self._capacity), call)
-        widest = int(np.max(rows[:, KEY_COUNT]))
-        if widest > self._capacity:  # every rank sees the same counts, so all grow together and gather again
-            self._capacity = 1 << (widest - 1).bit_length()
-            rows = self._collectives.all_gather_rows(pack_row(plan, values, self._capacity), call)
-        return rows
 
     def _reduce_differing_keys(self, plan: MetricPlan, values: np.ndarray | None, call: CallInfo) -> dict[str, float]:
         mine = [(k, op.value, float(v)) for k, op, v in zip(plan.keys, plan.ops, values if values is not None else [])]

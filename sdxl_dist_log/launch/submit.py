@@ -1,0 +1,403 @@
+"""Submit a training function to SLURM (or to local processes) through submitit, with torch.distributed wired up.
+
+Each task of the job runs :class:`DistributedTask`, which exports ``MASTER_ADDR``/``MASTER_PORT``/``RANK``/
+``WORLD_SIZE``/``LOCAL_RANK``/``LOCAL_WORLD_SIZE`` (so ``torch.distributed.init_process_group()`` works with the
+default ``env://`` method), sets ``SDXL_DIST_LOG_LAUNCHER=submitit`` and calls the function. The wrapper is a
+``submitit.helpers.Checkpointable``: when SLURM preempts the job or its time runs out, submitit catches the signal
+(``USR2``, ``signal_delay_s`` before the end), requeues the job under the **same** ``SLURM_JOB_ID`` and calls the
+function again with the same arguments; the function resumes from its own checkpoint, and sdxl_dist_log resumes the
+same W&B run because the run id derives from the job id.
+
+Example:
+    >>> from sdxl_dist_log.launch.submit import submit
+    >>> job = submit(train, "configs/sdxl.yaml", nodes=2, tasks_per_node=8, gpus_per_node=8,
+    ...              partition="gpu", timeout_min=240)                                    # doctest: +SKIP
+    >>> job.results()                                     # one result per task          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import runpy
+import shutil
+import signal
+import socket
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import submitit
+from submitit.helpers import Checkpointable
+
+__all__ = [
+    "DistributedTask",
+    "PlainDistributedTask",
+    "ScriptTask",
+    "distributed_env_for_local",
+    "export_distributed_env",
+    "resolve_executor",
+    "run_script",
+    "slurm_parameters",
+    "submit",
+]
+
+LAUNCHER_ENV = "SDXL_DIST_LOG_LAUNCHER"
+_DIST_KEYS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# pure helpers
+# --------------------------------------------------------------------------------------------------------------------
+def resolve_executor(executor: str, which: Callable[[str], str | None] = shutil.which) -> str:
+    """Resolve ``"auto"`` to ``"slurm"`` when ``sbatch`` is on PATH, else ``"local"``.
+
+    Args:
+        executor: ``"auto"``, ``"slurm"`` or ``"local"``.
+        which: the PATH lookup (injected in tests).
+
+    Returns:
+        ``"slurm"`` or ``"local"``.
+
+    Raises:
+        ValueError: for any other name.
+    """
+    if executor == "auto":
+        return "slurm" if which("sbatch") else "local"
+    if executor in ("slurm", "local"):
+        return executor
+    raise ValueError(f"executor must be 'auto', 'slurm' or 'local', got {executor!r}")
+
+
+def distributed_env_for_local(env: Mapping[str, str], master_port: int | None = None) -> dict[str, str] | None:
+    """torch.distributed variables for a task of submitit's LocalExecutor, from its ``SUBMITIT_LOCAL_*`` variables.
+
+    submitit's local executor runs every task on this machine and sets ``SUBMITIT_LOCAL_GLOBALID``,
+    ``SUBMITIT_LOCAL_LOCALID``, ``SUBMITIT_LOCAL_NTASKS`` and ``SUBMITIT_LOCAL_JOB_ID`` (the controller's PID), but
+    no ``SLURM_*`` variable. The master is 127.0.0.1 (the host name need not resolve on a laptop).
+
+    Args:
+        env: the task's environment.
+        master_port: port chosen at submit time; else ``MASTER_PORT`` from ``env``; else derived from the job id.
+
+    Returns:
+        The variables to export, or None when ``env`` is not a local submitit task.
+    """
+    if "SUBMITIT_LOCAL_GLOBALID" not in env or "SUBMITIT_LOCAL_NTASKS" not in env:
+        return None
+    world = int(env["SUBMITIT_LOCAL_NTASKS"])
+    nodes = max(1, int(env.get("SUBMITIT_LOCAL_JOB_NUM_NODES", "1")))
+    if master_port is None:
+        if env.get("MASTER_PORT"):
+            master_port = int(env["MASTER_PORT"])
+        else:  # same rule as submitit's TorchDistributedEnvironment: every task agrees without talking
+            master_port = random.Random(env.get("SUBMITIT_LOCAL_JOB_ID", "0")).randint(20000, 60000)
+    return {
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(master_port),
+        "RANK": env["SUBMITIT_LOCAL_GLOBALID"],
+        "WORLD_SIZE": str(world),
+        "LOCAL_RANK": env.get("SUBMITIT_LOCAL_LOCALID", env["SUBMITIT_LOCAL_GLOBALID"]),
+        "LOCAL_WORLD_SIZE": str(max(1, world // nodes)),
+    }
+
+
+def slurm_parameters(
+    *,
+    nodes: int = 1,
+    tasks_per_node: int = 1,
+    gpus_per_node: int = 0,
+    cpus_per_task: int = 1,
+    partition: str | None = None,
+    timeout_min: int = 60,
+    account: str | None = None,
+    job_name: str = "sdxl",
+    mem_gb: float | None = None,
+    checkpointable: bool = True,
+    signal_delay_s: int = 120,
+    slurm_additional_parameters: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Keyword arguments for ``submitit.SlurmExecutor.update_parameters`` (a pure function, tested without SLURM).
+
+    ``--requeue`` is added for checkpointable jobs (clusters with ``JobRequeue=0`` refuse ``scontrol requeue``
+    otherwise); ``--gpus-per-node`` only when GPUs are asked for. Extra sbatch options in
+    ``slurm_additional_parameters`` win over everything (keys as sbatch spells them, ``_`` or ``-``).
+
+    Returns:
+        The parameter dict.
+
+    Raises:
+        ValueError: on non-positive counts.
+    """
+    if nodes < 1 or tasks_per_node < 1 or cpus_per_task < 1 or gpus_per_node < 0 or timeout_min < 1:
+        raise ValueError(
+            "nodes, tasks_per_node, cpus_per_task and timeout_min must be >= 1 and gpus_per_node >= 0; got "
+            f"{nodes=}, {tasks_per_node=}, {cpus_per_task=}, {timeout_min=}, {gpus_per_node=}"
+        )
+    params: dict[str, Any] = {
+        "nodes": nodes,
+        "ntasks_per_node": tasks_per_node,
+        "cpus_per_task": cpus_per_task,
+        "time": int(timeout_min),
+        "job_name": job_name,
+        "signal_delay_s": signal_delay_s,
+    }
+    if gpus_per_node:
+        params["gpus_per_node"] = gpus_per_node
+    if partition:
+        params["partition"] = partition
+    if account:
+        params["account"] = account
+    if mem_gb is not None:
+        params["mem"] = mem_gb  # SlurmExecutor converts GB to "NGB"/"NMB"
+    extra = {str(k).replace("_", "-"): v for k, v in (slurm_additional_parameters or {}).items()}
+    if checkpointable and "requeue" not in extra and "no-requeue" not in extra:
+        extra["requeue"] = True
+    if extra:
+        params["additional_parameters"] = extra
+    return params
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# what runs in each task
+# --------------------------------------------------------------------------------------------------------------------
+def export_distributed_env(master_port: int | None = None) -> dict[str, str] | None:
+    """Export the torch.distributed ``env://`` variables in this submitit task; returns what was exported.
+
+    On SLURM this is ``submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False,
+    overwrite=True)`` (master = first host of the job, port derived from the job id, identical after a requeue).
+    Under submitit's LocalExecutor (which sets no ``SLURM_*``) it is :func:`distributed_env_for_local`.
+    ``overwrite=True`` because values inherited from the submitting process (a job submitted from inside a
+    torchrun worker) would be wrong here.
+
+    Returns:
+        The exported variables, or None outside a multi-task local job and outside SLURM.
+    """
+    executor = os.environ.get("SUBMITIT_EXECUTOR", "")
+    if executor == "slurm" or ("SLURM_JOB_ID" in os.environ and "SLURM_PROCID" in os.environ):
+        dist = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+        return {
+            "MASTER_ADDR": dist.master_addr,
+            "MASTER_PORT": str(dist.master_port),
+            "RANK": str(dist.rank),
+            "WORLD_SIZE": str(dist.world_size),
+            "LOCAL_RANK": str(dist.local_rank),
+            "LOCAL_WORLD_SIZE": str(dist.local_world_size),
+        }
+    values = distributed_env_for_local(os.environ, master_port)
+    if values is None or int(values["WORLD_SIZE"]) <= 1:
+        return None
+    os.environ.update(values)
+    return values
+
+
+class PlainDistributedTask:
+    """Picklable task: export the distributed environment, mark the launcher, call ``fn(*args, **kwargs)``.
+
+    Not checkpointable: a preempted or timed-out job is not requeued (use :class:`DistributedTask` for that).
+
+    Args:
+        fn: the function every task runs.
+        args: its positional arguments.
+        kwargs: its keyword arguments.
+        master_port: the port for local jobs (chosen free at submit time); SLURM jobs derive theirs from the job id.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        master_port: int | None = None,
+    ) -> None:
+        self.fn = fn
+        self.args = tuple(args)
+        self.kwargs = dict(kwargs or {})
+        self.master_port = master_port
+
+    def __call__(self) -> Any:
+        export_distributed_env(self.master_port)
+        os.environ[LAUNCHER_ENV] = "submitit"
+        return self.fn(*self.args, **self.kwargs)
+
+    def __repr__(self) -> str:
+        name = getattr(self.fn, "__qualname__", repr(self.fn))
+        return f"{type(self).__name__}({name}, args={self.args!r}, kwargs={self.kwargs!r})"
+
+
+class DistributedTask(PlainDistributedTask, Checkpointable):
+    """:class:`PlainDistributedTask` that submitit requeues on preemption or timeout.
+
+    ``checkpoint()`` (inherited from ``submitit.helpers.Checkpointable``) resubmits this same object: the requeued
+    job calls ``fn`` again with the same arguments and the same ``SLURM_JOB_ID``.
+    """
+
+
+def run_script(path: str, argv: list[str] | tuple[str, ...] = ()) -> int:
+    """Run a Python file as ``__main__`` with ``sys.argv = [path, *argv]``; returns 0 when it finishes.
+
+    ``sys.exit(0)``/``sys.exit()`` count as success. A non-zero ``sys.exit`` becomes a RuntimeError, so that submitit
+    records the task as failed with a trace (a bare SystemExit would leave no result behind), except when submitit's
+    own preemption handler is exiting the process after requeueing the job: that SystemExit passes through.
+
+    Args:
+        path: the script.
+        argv: its arguments.
+
+    Returns:
+        0.
+
+    Raises:
+        RuntimeError: the script exited with a non-zero status.
+    """
+    saved_argv = sys.argv
+    sys.argv = [path, *argv]
+    script_dir = str(Path(path).resolve().parent)
+    if script_dir not in sys.path:
+        sys.path.insert(0, script_dir)
+    preempted: list[int] = []
+    restore = _watch_preemption_signal(preempted)
+    try:
+        runpy.run_path(path, run_name="__main__")
+    except SystemExit as exc:
+        if preempted:
+            raise
+        if exc.code in (None, 0):
+            return 0
+        raise RuntimeError(f"{path} exited with status {exc.code!r}") from exc
+    finally:
+        sys.argv = saved_argv
+        restore()
+    return 0
+
+
+def _watch_preemption_signal(flag: list[int]) -> Callable[[], None]:
+    """Chain a handler before submitit's preemption handler that records the signal in ``flag``; returns an undo."""
+    try:
+        from submitit.core.job_environment import JobEnvironment
+
+        sig = JobEnvironment._usr_sig()
+        previous = signal.getsignal(sig)
+        if not callable(previous):
+            return lambda: None
+
+        def handler(signum: int, frame: Any) -> None:
+            flag.append(signum)
+            previous(signum, frame)
+
+        signal.signal(sig, handler)
+    except (ValueError, RuntimeError, OSError):  # not the main thread, unknown signal
+        return lambda: None
+    return lambda: signal.signal(sig, previous)
+
+
+class ScriptTask:
+    """Picklable callable running a script through :func:`run_script` (what ``sdxl-dist-log submit`` submits)."""
+
+    def __init__(self, path: str, argv: list[str] | tuple[str, ...] = ()) -> None:
+        self.path = str(Path(path).resolve())
+        self.argv = list(argv)
+
+    def __call__(self) -> int:
+        return run_script(self.path, self.argv)
+
+    def __repr__(self) -> str:
+        return f"ScriptTask({self.path!r}, argv={self.argv!r})"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# submission
+# --------------------------------------------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def submit(
+    fn: Callable[..., Any],
+    *args: Any,
+    nodes: int = 1,
+    tasks_per_node: int = 1,
+    gpus_per_node: int = 0,
+    cpus_per_task: int = 1,
+    partition: str | None = None,
+    timeout_min: int = 60,
+    account: str | None = None,
+    slurm_additional_parameters: Mapping[str, Any] | None = None,
+    executor: str = "auto",
+    folder: str | os.PathLike[str] = "outputs/submitit",
+    job_name: str = "sdxl",
+    mem_gb: float | None = None,
+    checkpointable: bool = True,
+    **kwargs: Any,
+) -> submitit.Job:
+    """Submit ``fn(*args, **kwargs)`` to run in every task of a SLURM job (or of local processes) via submitit.
+
+    Args:
+        fn: the training function; picklable (module-level function or callable object; submitit uses cloudpickle).
+        *args: positional arguments of ``fn``.
+        nodes: number of nodes (local executor: must be 1).
+        tasks_per_node: tasks (processes, typically one per GPU) per node.
+        gpus_per_node: GPUs per node (``--gpus-per-node``; omitted when 0).
+        cpus_per_task: CPUs per task.
+        partition: SLURM partition; None uses the cluster's default.
+        timeout_min: time limit in minutes (local executor: the processes are killed after it).
+        account: SLURM account, if the cluster needs one.
+        slurm_additional_parameters: extra sbatch options, e.g. ``{"qos": "high", "exclusive": True}``.
+        executor: ``"auto"`` (slurm when ``sbatch`` is on PATH, else local), ``"slurm"`` or ``"local"``.
+        folder: where submitit writes pickles and logs (``%j`` is replaced by the job id when present).
+        job_name: SLURM job name.
+        mem_gb: memory per node in GB (``--mem``); None leaves the cluster default.
+        checkpointable: requeue on preemption/timeout (wraps ``fn`` in :class:`DistributedTask` and adds
+            ``--requeue``); False wraps it in :class:`PlainDistributedTask`.
+        **kwargs: keyword arguments of ``fn``.
+
+    Returns:
+        The ``submitit.Job``; ``job.results()`` waits and gives one result per task.
+
+    Raises:
+        ValueError: on bad counts, an unknown executor, or nodes > 1 with the local executor.
+        FileNotFoundError: executor="slurm" without ``sbatch`` on PATH.
+
+    Example:
+        >>> job = submit(train, steps=100, tasks_per_node=2, executor="local")        # doctest: +SKIP
+        >>> job.results()                                                             # doctest: +SKIP
+    """
+    kind = resolve_executor(executor)
+    folder = Path(folder)
+    if kind == "slurm":
+        if shutil.which("sbatch") is None:
+            raise FileNotFoundError("executor='slurm' but sbatch is not on PATH")
+        ex: submitit.Executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=3)
+        params = slurm_parameters(
+            nodes=nodes,
+            tasks_per_node=tasks_per_node,
+            gpus_per_node=gpus_per_node,
+            cpus_per_task=cpus_per_task,
+            partition=partition,
+            timeout_min=timeout_min,
+            account=account,
+            job_name=job_name,
+            mem_gb=mem_gb,
+            checkpointable=checkpointable,
+            slurm_additional_parameters=slurm_additional_parameters,
+        )
+        ex.update_parameters(**params)
+        master_port = None  # derived from SLURM_JOB_ID in the job, the same on every node and after requeue
+    else:
+        if nodes != 1:
+            raise ValueError(f"the local executor runs on this machine only: nodes must be 1, got {nodes}")
+        if tasks_per_node < 1 or timeout_min < 1:
+            raise ValueError(f"tasks_per_node and timeout_min must be >= 1, got {tasks_per_node}, {timeout_min}")
+        ex = submitit.LocalExecutor(folder=folder, max_num_timeout=3)
+        ex.update_parameters(
+            tasks_per_node=tasks_per_node, gpus_per_node=gpus_per_node, timeout_min=timeout_min, nodes=1
+        )
+        master_port = _free_port() if tasks_per_node > 1 else None
+    task_cls = DistributedTask if checkpointable else PlainDistributedTask
+    task = task_cls(fn, args, kwargs, master_port=master_port)
+    # a job submitted from inside another job must not inherit its SLURM_*/SUBMITIT_*/RANK/... variables
+    with submitit.helpers.clean_env():
+        return ex.submit(task)

@@ -1,0 +1,329 @@
+"""SLURM and submitit launch tests: real jobs on the one-node cluster of ``slurm/start_cluster.sh``, real processes.
+
+Run: ``bash slurm/start_cluster.sh && .venv/bin/python -m pytest tests/test_slurm.py -q``.
+Tests marked ``slurm`` FAIL (not skip) when ``sinfo`` does not answer, unless ``SDXL_SKIP_SLURM=1``.
+Every job is bounded: we poll ``job.done()`` against a deadline, then ``scancel`` and fail; a fixture cancels every
+job a test submitted when it ends, so nothing is left queued.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import cloudpickle
+import pytest
+
+from sdxl_dist_log.launch import cli_submit
+from sdxl_dist_log.launch.submit import (
+    DistributedTask,
+    PlainDistributedTask,
+    distributed_env_for_local,
+    resolve_executor,
+    slurm_parameters,
+    submit,
+)
+
+# The task functions below live in this test module, which a job's interpreter cannot import: ship them by value.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+JOB_DEADLINE_S = 50.0
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# functions that run inside the jobs
+# ------------------------------------------------------------------------------------------------------------------
+def allreduce_task() -> tuple[int, int, int, str | None]:
+    """gloo all_reduce of rank + 1 over all tasks; returns (rank, world_size, sum, SLURM_JOB_ID)."""
+    import torch
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", timeout=timedelta(seconds=60))
+    try:
+        t = torch.tensor([dist.get_rank() + 1], dtype=torch.int64)
+        dist.all_reduce(t)
+        return dist.get_rank(), dist.get_world_size(), int(t.item()), os.environ.get("SLURM_JOB_ID")
+    finally:
+        dist.destroy_process_group()
+
+
+def requeue_task(counter: str, wait_s: float = 45.0) -> tuple[int, str | None, str | None]:
+    """Record the attempt in ``counter``; the first attempt waits to be requeued, the second returns.
+
+    Returns:
+        (attempt, SLURM_JOB_ID, SDXL_DIST_LOG_LAUNCHER).
+    """
+    path = Path(counter)
+    attempt = len(path.read_text().splitlines()) + 1 if path.exists() else 1
+    job_id = os.environ.get("SLURM_JOB_ID")
+    with path.open("a") as f:
+        f.write(f"{attempt} {job_id} {os.environ.get('SLURM_RESTART_COUNT', '')}\n")
+    if attempt == 1:
+        time.sleep(wait_s)  # the test requeues us meanwhile; reaching the end means it did not
+        raise RuntimeError("first attempt was not requeued")
+    return attempt, job_id, os.environ.get("SDXL_DIST_LOG_LAUNCHER")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# fixtures and helpers
+# ------------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def slurm_cluster() -> str:
+    """The cluster answers ``sinfo`` and ``sacct``; FAILS otherwise (skips only with SDXL_SKIP_SLURM=1)."""
+    if os.environ.get("SDXL_SKIP_SLURM") == "1":
+        pytest.skip("SDXL_SKIP_SLURM=1")
+    hint = "start it with `bash slurm/start_cluster.sh` (as root), or set SDXL_SKIP_SLURM=1 to skip these tests"
+    for cmd in (["sinfo", "-h", "-o", "%P %T"], ["sacct", "-n", "-X", "--starttime", "now-1hours"]):
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=15)
+        except (FileNotFoundError, subprocess.TimeoutExpired) as exc:
+            pytest.fail(f"SLURM cluster not available: `{' '.join(cmd)}` failed: {exc}; {hint}", pytrace=False)
+        if out.returncode != 0:
+            pytest.fail(
+                f"SLURM cluster not available: `{' '.join(cmd)}` exited {out.returncode}: {out.stderr.strip()}; "
+                f"{hint}",
+                pytrace=False,
+            )
+        if cmd[0] == "sinfo":
+            states = out.stdout.split()
+            if not any(s.startswith(("idle", "mixed", "alloc")) for s in states[1::2]):
+                pytest.fail(f"SLURM node not usable (sinfo: {out.stdout.strip()!r}); {hint}", pytrace=False)
+    return "ok"
+
+
+@pytest.fixture
+def jobs() -> Iterator[list]:
+    """Jobs a test submits; any still running at teardown is cancelled (scancel for SLURM, kill for local)."""
+    submitted: list = []
+    yield submitted
+    for job in submitted:
+        try:
+            if not job.done():
+                job.cancel(check=False)
+        except Exception:  # noqa: BLE001 - best effort cleanup
+            pass
+
+
+def _logs(job) -> str:
+    parts = []
+    for i in range(job.num_tasks):
+        task = job.task(i)
+        parts.append(f"--- task {i} stderr ({task.paths.stderr}):\n{(task.stderr() or '')[-3000:]}")
+    return "\n".join(parts)
+
+
+def wait_done(job, deadline_s: float = JOB_DEADLINE_S) -> None:
+    """Poll ``job.done()`` until the deadline; on timeout cancel the job and fail with its logs."""
+    end = time.monotonic() + deadline_s
+    while not job.done():
+        if time.monotonic() > end:
+            job.cancel(check=False)
+            pytest.fail(f"job {job.job_id} not done after {deadline_s:g} s (cancelled)\n{_logs(job)}")
+        time.sleep(0.5)
+
+
+def squeue_state(job_id: str) -> str:
+    out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, timeout=10)
+    return out.stdout.strip()
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# pure functions (no SLURM, fast)
+# ------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("executor", "sbatch", "expected"),
+    [("auto", "/usr/bin/sbatch", "slurm"), ("auto", None, "local"), ("slurm", None, "slurm"), ("local", "x", "local")],
+)
+def test_resolve_executor(executor: str, sbatch: str | None, expected: str) -> None:
+    assert resolve_executor(executor, which=lambda name: sbatch) == expected
+
+
+def test_resolve_executor_rejects_unknown() -> None:
+    with pytest.raises(ValueError, match="executor"):
+        resolve_executor("debug")
+
+
+@pytest.mark.parametrize(
+    ("env", "port", "expected"),
+    [
+        ({}, None, None),
+        (
+            {"SUBMITIT_LOCAL_GLOBALID": "1", "SUBMITIT_LOCAL_LOCALID": "1", "SUBMITIT_LOCAL_NTASKS": "2",
+             "SUBMITIT_LOCAL_JOB_NUM_NODES": "1", "SUBMITIT_LOCAL_JOB_ID": "123"},
+            29500,
+            {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500", "RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1",
+             "LOCAL_WORLD_SIZE": "2"},
+        ),
+        (
+            {"SUBMITIT_LOCAL_GLOBALID": "0", "SUBMITIT_LOCAL_NTASKS": "4", "MASTER_PORT": "4242"},
+            None,
+            {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "4242", "RANK": "0", "WORLD_SIZE": "4", "LOCAL_RANK": "0",
+             "LOCAL_WORLD_SIZE": "4"},
+        ),
+    ],
+)
+def test_distributed_env_for_local(env: dict, port: int | None, expected: dict | None) -> None:
+    assert distributed_env_for_local(env, port) == expected
+
+
+def test_distributed_env_for_local_port_agrees_across_tasks() -> None:
+    base = {"SUBMITIT_LOCAL_NTASKS": "2", "SUBMITIT_LOCAL_JOB_ID": "777"}
+    a = distributed_env_for_local({**base, "SUBMITIT_LOCAL_GLOBALID": "0"})
+    b = distributed_env_for_local({**base, "SUBMITIT_LOCAL_GLOBALID": "1"})
+    assert a is not None and b is not None and a["MASTER_PORT"] == b["MASTER_PORT"]
+
+
+def test_slurm_parameters() -> None:
+    p = slurm_parameters(nodes=2, tasks_per_node=8, gpus_per_node=8, partition="gpu", timeout_min=30, mem_gb=64,
+                         account="proj", slurm_additional_parameters={"qos": "high", "mail_type": "END"})
+    assert p["nodes"] == 2 and p["ntasks_per_node"] == 8 and p["gpus_per_node"] == 8 and p["time"] == 30
+    assert p["partition"] == "gpu" and p["account"] == "proj" and p["mem"] == 64
+    assert p["additional_parameters"] == {"qos": "high", "mail-type": "END", "requeue": True}
+    q = slurm_parameters(checkpointable=False)
+    assert "gpus_per_node" not in q and "partition" not in q and "additional_parameters" not in q
+    with pytest.raises(ValueError):
+        slurm_parameters(tasks_per_node=0)
+
+
+def test_parse_sbatch_options() -> None:
+    assert cli_submit.parse_sbatch_options(["qos=high", "--exclusive", "comment=a=b"]) == {
+        "qos": "high", "exclusive": True, "comment": "a=b"}
+    with pytest.raises(ValueError):
+        cli_submit.parse_sbatch_options(["=x"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "nodes", "wait", "sbatch", "script_args"),
+    [
+        (["submit", "t.py"], 1, False, [], []),
+        (["submit", "t.py", "--nodes", "2", "--wait", "--", "--lr", "0.1"], 2, True, [], ["--lr", "0.1"]),
+        (["submit", "--nodes", "3", "t.py", "--sbatch", "qos=hi", "--", "x"], 3, False, ["qos=hi"], ["x"]),
+        (["submit", "--sbatch", "a=1", "t.py", "--sbatch", "b=2"], 1, False, ["a=1", "b=2"], []),
+        (["submit", "t.py", "--", "--nodes", "9"], 1, False, [], ["--nodes", "9"]),
+        (["submit", "--wait", "t.py", "--nodes", "2", "--", "--", "a"], 2, True, [], ["--", "a"]),
+    ],
+)
+def test_cli_argument_forms(argv: list, nodes: int, wait: bool, sbatch: list, script_args: list) -> None:
+    parser = argparse.ArgumentParser()
+    cli_submit.add_submit_parser(parser.add_subparsers())
+    args, rest = cli_submit.resolve_submit_args(parser.parse_args(argv))
+    assert (args.script, args.nodes, args.wait, args.sbatch, rest) == ("t.py", nodes, wait, sbatch, script_args)
+
+
+def test_cli_rejects_script_args_without_separator() -> None:
+    parser = argparse.ArgumentParser()
+    cli_submit.add_submit_parser(parser.add_subparsers())
+    with pytest.raises(ValueError, match="after --"):
+        cli_submit.resolve_submit_args(parser.parse_args(["submit", "t.py", "--lr", "0.1"]))
+    with pytest.raises(ValueError, match="missing SCRIPT"):
+        cli_submit.resolve_submit_args(parser.parse_args(["submit", "--nodes", "2"]))
+
+
+def test_task_classes_pickle_and_checkpointable() -> None:
+    from submitit.helpers import Checkpointable
+
+    task = DistributedTask(allreduce_task, (), {}, master_port=None)
+    assert isinstance(task, Checkpointable) and hasattr(task, "checkpoint")
+    assert not hasattr(PlainDistributedTask(allreduce_task), "checkpoint")
+    clone = cloudpickle.loads(cloudpickle.dumps(task))
+    assert clone.fn.__name__ == "allreduce_task"
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# (c) local executor: real processes, no SLURM
+# ------------------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_local_two_tasks_allreduce(tmp_path: Path, jobs: list, monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("SLURM_JOB_ID", "SLURM_PROCID", "MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    job = submit(allreduce_task, tasks_per_node=2, executor="local", folder=tmp_path / "submitit", timeout_min=2)
+    jobs.append(job)
+    wait_done(job)
+    results = job.results()
+    assert sorted(results) == [(0, 2, 3, None), (1, 2, 3, None)], _logs(job)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_cli_submit_local_wait(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    script = tmp_path / "train.py"
+    script.write_text(
+        "import os, sys\n"
+        "from pathlib import Path\n"
+        "out = Path(sys.argv[1]) / f\"rank{os.environ['RANK']}.txt\"\n"
+        "out.write_text(' '.join([os.environ['WORLD_SIZE'], os.environ['SDXL_DIST_LOG_LAUNCHER'], *sys.argv[2:]]))\n"
+        "if os.environ['RANK'] == '1' and '--fail' in sys.argv: sys.exit(3)\n"
+    )
+    parser = argparse.ArgumentParser()
+    cli_submit.add_submit_parser(parser.add_subparsers())
+    base = ["submit", str(script), "--executor", "local", "--tasks-per-node", "2", "--folder", str(tmp_path / "s"),
+            "--wait", "--wait-timeout", "50", "--time", "2"]
+    args = parser.parse_args(base + ["--", str(tmp_path), "--lr", "0.1"])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "submitted job" in out and "_0_log.out" in out and "2/2 tasks succeeded" in out
+    assert (tmp_path / "rank0.txt").read_text() == "2 submitit --lr 0.1"
+    assert (tmp_path / "rank1.txt").read_text() == "2 submitit --lr 0.1"
+
+    args = parser.parse_args(base + ["--", str(tmp_path), "--fail"])
+    assert args.func(args) == 1
+    err = capsys.readouterr().err
+    assert "task 1: FAILED" in err and "exited with status 3" in err
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# (a) and (b): the real SLURM cluster
+# ------------------------------------------------------------------------------------------------------------------
+@pytest.mark.slurm
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_slurm_two_tasks_allreduce(slurm_cluster: str, tmp_path: Path, jobs: list) -> None:
+    job = submit(allreduce_task, tasks_per_node=2, executor="slurm", folder=tmp_path / "submitit", timeout_min=5,
+                 job_name="sdxl-test-allreduce")
+    jobs.append(job)
+    wait_done(job)
+    results = job.results()
+    assert sorted(r[:3] for r in results) == [(0, 2, 3), (1, 2, 3)], _logs(job)
+    assert {r[3] for r in results} == {job.job_id}
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_slurm_requeue_keeps_job_id(slurm_cluster: str, tmp_path: Path, jobs: list) -> None:
+    counter = tmp_path / "attempts.txt"
+    job = submit(requeue_task, str(counter), executor="slurm", folder=tmp_path / "submitit", timeout_min=5,
+                 job_name="sdxl-test-requeue")
+    jobs.append(job)
+    end = time.monotonic() + JOB_DEADLINE_S
+
+    # 1. wait for the first attempt to start, then requeue the job from outside (what preemption does)
+    while not (counter.exists() and counter.read_text().strip()):
+        if time.monotonic() > end:
+            job.cancel(check=False)
+            pytest.fail(f"first attempt never started (squeue: {squeue_state(job.job_id)!r})\n{_logs(job)}")
+        time.sleep(0.25)
+    subprocess.run(["scontrol", "requeue", job.job_id], check=True, timeout=30)
+
+    # 2. a requeued job is held ~120 s by BeginTime; move its start to now as soon as it is pending again
+    while len(counter.read_text().splitlines()) < 2:
+        if time.monotonic() > end:
+            job.cancel(check=False)
+            pytest.fail(f"second attempt never started (squeue: {squeue_state(job.job_id)!r})\n{_logs(job)}")
+        if squeue_state(job.job_id) == "PENDING":
+            subprocess.run(["scontrol", "update", f"JobId={job.job_id}", "StartTime=now"], capture_output=True,
+                           timeout=30)
+        time.sleep(0.25)
+
+    wait_done(job, max(5.0, end - time.monotonic()))
+    attempt, job_id, launcher = job.result()
+    assert attempt == 2 and job_id == job.job_id and launcher == "submitit"
+    lines = [line.split() for line in counter.read_text().splitlines()]
+    assert [line[:2] for line in lines] == [["1", job.job_id], ["2", job.job_id]]
