@@ -11,6 +11,7 @@ import os
 import socket
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -27,8 +28,9 @@ def train(
     project: str = "sdxl-dist-log-demo",
     image_every: int = 5,
     checkpoint_every: int = 10,
-    system_metrics_interval: float = 1.0,
+    system_metrics_interval: float = 0.5,
     async_metrics: bool = False,
+    step_time: float = 0.05,
 ) -> str | None:
     """Train a tiny model on random data, logging metrics, images, checkpoints and config from every rank.
 
@@ -91,6 +93,7 @@ def train(
                     wb.log_model(path, metadata={"step": step + 1, "loss": float(detached)},
                                  aliases=["latest"] + (["final"] if step + 1 == steps else []))
                 log.update_progress(1)
+                time.sleep(step_time)  # stands in for a real model's step, so system samples land during training
             run_dir = wb.run_dir if wb.is_primary else None
     finally:
         if owns_group:
@@ -132,13 +135,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--out-dir", default="outputs/demo")
     parser.add_argument("--mode", default="offline", choices=["online", "offline", "disabled"])
-    parser.add_argument("--system-metrics-interval", type=float, default=1.0)
+    parser.add_argument("--system-metrics-interval", type=float, default=0.5)
+    parser.add_argument("--step-time", type=float, default=0.05, help="seconds of simulated work per step")
     parser.add_argument("--async-metrics", action="store_true")
 
 
 def run_from_args(args: argparse.Namespace) -> int:
     kwargs = dict(steps=args.steps, out_dir=args.out_dir, mode=args.mode,
-                  system_metrics_interval=args.system_metrics_interval, async_metrics=args.async_metrics)
+                  system_metrics_interval=args.system_metrics_interval, async_metrics=args.async_metrics,
+                  step_time=args.step_time)
     under_launcher = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     run_dir = train(**kwargs) if under_launcher else run_local(args.nproc, **kwargs)
     if run_dir is None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -123,6 +123,22 @@ def pack_values(metrics: Mapping[str, Any], keys: Sequence[str]) -> np.ndarray:
     Raises:
         MetricValueError: a value is not numeric or has more than one element; the message names the key.
     """
+    return pack_values_deferred(metrics, keys, non_blocking=False)()
+
+
+def pack_values_deferred(
+    metrics: Mapping[str, Any], keys: Sequence[str], *, non_blocking: bool = True
+) -> Callable[[], np.ndarray]:
+    """Like ``pack_values``, but the host copy of device values is only started here; the returned call finishes it.
+
+    With ``non_blocking``, device values are stacked on their device and copied into pinned host memory without
+    waiting, and a CUDA event marks the copy's end: the caller's thread does not synchronise with the device. The
+    returned function waits for the event (on whichever thread calls it, e.g. the logger's background thread) and
+    gives the float64 vector.
+
+    Raises:
+        MetricValueError: as ``pack_values``, here and not later.
+    """
     out = np.empty(len(keys), dtype=np.float64)
     on_device: dict[Any, list[tuple[int, Any]]] = {}
     for i, key in enumerate(keys):
@@ -143,23 +159,40 @@ def pack_values(metrics: Mapping[str, Any], keys: Sequence[str]) -> np.ndarray:
             if value.size != 1:
                 raise MetricValueError(f"metric {key!r} is an array of shape {value.shape}; pass a scalar")
             value = value.reshape(()).item()
-        if isinstance(value, (bool, np.bool_)):
-            out[i] = float(value)
-        elif isinstance(value, numbers.Real):
+        if isinstance(value, (bool, np.bool_, numbers.Real)):
             out[i] = float(value)
         else:
             raise MetricValueError(
                 f"metric {key!r} has a value of type {type(value).__name__} ({value!r:.60}); "
                 "pass a number, numpy scalar or 1-element tensor"
             )
-    for device_values in on_device.values():
-        import torch
+    if not on_device:
+        return lambda: out
+    import torch
 
+    pending = []
+    for device, device_values in on_device.items():
         stacked = torch.stack([v.detach().reshape(()).to(torch.float64) for _, v in device_values])
-        host = stacked.cpu().numpy()  # the one host transfer for this device
-        for (i, _), x in zip(device_values, host):
-            out[i] = x
-    return out
+        if non_blocking and device.type == "cuda":
+            host = torch.empty(stacked.shape, dtype=torch.float64, pin_memory=True)
+            host.copy_(stacked, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record(torch.cuda.current_stream(device))
+            pending.append((device_values, host, done))
+        else:
+            pending.append((device_values, stacked.cpu(), None))  # the one host transfer for this device
+
+    def resolve() -> np.ndarray:
+        for device_values, host, done in pending:
+            if done is not None:
+                done.synchronize()
+            for (i, _), x in zip(device_values, host.numpy()):
+                out[i] = x
+        return out
+
+    if not non_blocking:
+        resolve()
+    return resolve
 
 
 def _torch_float64() -> Any:

@@ -886,6 +886,9 @@ class SystemMetrics:
             }))
             if not (self.is_node_leader or has_cuda):
                 return
+            if self._host_sampler is not None:
+                # psutil keeps cpu_percent's reference times per thread: prime in the thread that samples
+                self._host_sampler.state.prime()
             next_time = self.clock() + _first_delay(self.interval)
             while not self._stop.wait(max(0.0, next_time - self.clock())):
                 self._publish_once(store)

@@ -34,7 +34,7 @@ from sdxl_dist_log.metrics import (
     apply_prefix,
     describe_missing,
     pack_row,
-    pack_values,
+    pack_values_deferred,
     reduce_rows,
     reduce_union,
     resolve_reduce,
@@ -125,7 +125,8 @@ class WandbLogger:
                       "job_id": rank.job_id, "primary_host": rank.hostname}
             self._run_config = redact_secrets(deep_merge(cfg.config, {"sdxl_dist_log": launch}))
             try:
-                self._backend, identity = start_backend(cfg, proposed, self._run_config, resume_mode(cfg, stable))
+                self._backend, identity = start_backend(cfg, proposed, self._run_config, resume_mode(cfg, stable),
+                                                        logger=self._log)
             except Exception as exc:  # even the offline init failed (disk full, ...): train on, log nothing
                 self._warn(f"W&B run could not be started ({type(exc).__name__}: {exc}); logging is disabled")
                 identity = RunIdentity(**{**proposed.to_json(), "tags": proposed.tags, "mode": "disabled",
@@ -213,7 +214,8 @@ class WandbLogger:
             merged = {**self.config.metric_reduce, **(reduce if isinstance(reduce, Mapping) else {})}
             ops = resolve_reduce(keys, reduce if isinstance(reduce, str) else merged)
             plan = MetricPlan(keys, ops)
-            values = pack_values(metrics, keys)
+            # async: the device-to-host copy is only started here; the background thread waits for it
+            values = pack_values_deferred(metrics, keys, non_blocking=self._dispatcher.threaded)
         except MetricValueError as exc:
             error, plan = exc, MetricPlan(keys, tuple(resolve_reduce(keys, None)))
         if error is not None and not self._collectives.active:
@@ -221,7 +223,9 @@ class WandbLogger:
         call = CallInfo("log_metrics", step)
         prefix = self.config.metric_prefix if prefix is None else prefix
         result: list[dict[str, float]] = []
-        self._dispatcher.submit(lambda: result.append(self._reduce_and_log(plan, values, error, call, prefix, commit)))
+        self._dispatcher.submit(
+            lambda: result.append(self._reduce_and_log(plan, values() if values is not None else None, error, call, prefix, commit))
+        )
         return result[0] if result else None
 
     def _reduce_and_log(
@@ -386,7 +390,7 @@ class WandbLogger:
         self._dispatcher.raise_pending()
         cfg = self.config
         aliases = list(aliases or [])
-        if not self.is_primary or not cfg.log_model:
+        if not self.is_primary or not cfg.log_model or self.identity.mode == "disabled":
             return False
         if not cfg.log_checkpoints and not _FINAL_ALIASES.intersection(aliases):
             return False

@@ -324,3 +324,61 @@ def test_torchrun_launch_one_run_grouped_by_launch_and_no_wandb_off_primary(tmp_
     assert run.group == info[0]["group"] and run.group.startswith("torchrun-")
     assert run.job_type == "train-torchrun"
     assert run.rows_with("metrics/loss")[0]["metrics/loss"] == 0.5
+
+
+def test_online_init_without_network_falls_back_on_every_rank_within_the_bound(tmp_path: Path) -> None:
+    env = {"WANDB_API_KEY": "x" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9"}  # nothing listens on port 9
+
+    def body(rank: int):
+        start = time.monotonic()
+        with make_logger(str(tmp_path), mode="online", init_timeout=3.0) as wb:
+            elapsed = time.monotonic() - start
+            wb.log_metrics({"x": float(rank)}, step=0)
+            return {"mode": wb.identity.mode, "reason": wb.identity.fallback_reason, "elapsed": elapsed}
+
+    values = assert_all_ok(run_ranks(body, 2, env=env, timeout=90))
+    for value in values:
+        assert value["mode"] == "offline" and "online init failed" in value["reason"]
+        assert value["elapsed"] < 3.0 + 20.0
+    assert only_run(tmp_path).rows_with("metrics/x")[0]["metrics/x"] == 0.5
+
+
+PREEMPT_SCRIPT = """
+import os, sys, time
+from sdxl_dist_log import WandbConfig, WandbLogger
+import torch.distributed as dist
+dist.init_process_group("gloo")
+wb = WandbLogger(WandbConfig(project="t", mode="offline", dir=sys.argv[1], log_system_metrics=False))
+wb.handle_preemption()
+for step in range(5):
+    wb.log_metrics({"loss": float(step)}, step=step)
+open(os.path.join(sys.argv[1], f"ready{dist.get_rank()}"), "w").close()
+time.sleep(60)  # training would go on; SIGTERM arrives meanwhile
+"""
+
+
+def test_sigterm_marks_the_run_preempting_and_keeps_every_step(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+
+    script = tmp_path / "train.py"
+    script.write_text(PREEMPT_SCRIPT)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    proc = subprocess.Popen([str(torchrun), "--standalone", "--nproc_per_node=2", str(script), str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not all((tmp_path / f"ready{r}").exists() for r in range(2)):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.stdout else ""
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)  # torchrun forwards it to the workers
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    assert "marking the run as preempting" in output
+    run = only_run(tmp_path)
+    assert run.preempting
+    assert [row["trainer/step"] for row in run.rows_with("metrics/loss")] == [0, 1, 2, 3, 4]
+    assert run.exit_code is not None  # finished, not abandoned

@@ -70,6 +70,30 @@ def requeue_task(counter: str, wait_s: float = 45.0) -> tuple[int, str | None, s
     return attempt, job_id, os.environ.get("SDXL_DIST_LOG_LAUNCHER")
 
 
+def logging_task(out_dir: str, marker: str, wait_s: float = 45.0) -> dict:
+    """Train-like loop with the logger; attempt 1 logs steps 0-2 then waits to be requeued, attempt 2 logs 3-5."""
+    import torch.distributed as dist
+
+    from sdxl_dist_log import WandbConfig, WandbLogger
+
+    attempt = int(os.environ.get("SLURM_RESTART_COUNT", "0")) + 1
+    dist.init_process_group("gloo", timeout=timedelta(seconds=60))
+    rank = dist.get_rank()
+    config = WandbConfig(project="t", mode="offline", dir=out_dir, log_system_metrics=False, flush_interval=0.2)
+    with WandbLogger(config) as wb:
+        first = 0 if attempt == 1 else 3
+        for step in range(first, first + 3):
+            wb.log_metrics({"loss": float(rank + step)}, step=step)
+        identity = wb.identity
+        if attempt == 1:
+            if rank == 0:
+                Path(marker).write_text("logged")
+            time.sleep(wait_s)  # the test requeues the job meanwhile
+            raise RuntimeError("first attempt was not requeued")
+    dist.destroy_process_group()
+    return {"attempt": attempt, "run_id": identity.run_id, "group": identity.group, "job_type": identity.job_type}
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # fixtures and helpers
 # ------------------------------------------------------------------------------------------------------------------
@@ -327,3 +351,55 @@ def test_slurm_requeue_keeps_job_id(slurm_cluster: str, tmp_path: Path, jobs: li
     assert attempt == 2 and job_id == job.job_id and launcher == "submitit"
     lines = [line.split() for line in counter.read_text().splitlines()]
     assert [line[:2] for line in lines] == [["1", job.job_id], ["2", job.job_id]]
+
+
+def requeue_when_ready(job, ready: Path, end: float) -> None:
+    """Wait for ``ready`` to exist, requeue the job, and start it again at once (skipping the 120 s BeginTime)."""
+    while not ready.exists():
+        if time.monotonic() > end:
+            job.cancel(check=False)
+            pytest.fail(f"first attempt never got ready (squeue: {squeue_state(job.job_id)!r})\n{_logs(job)}")
+        time.sleep(0.25)
+    subprocess.run(["scontrol", "requeue", job.job_id], check=True, timeout=30)
+    while squeue_state(job.job_id) not in ("RUNNING", ""):
+        if time.monotonic() > end:
+            job.cancel(check=False)
+            pytest.fail(f"requeued job never restarted (squeue: {squeue_state(job.job_id)!r})\n{_logs(job)}")
+        if squeue_state(job.job_id) == "PENDING":
+            subprocess.run(["scontrol", "update", f"JobId={job.job_id}", "StartTime=now"], capture_output=True,
+                           timeout=30)
+        time.sleep(0.25)
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+def test_slurm_requeued_job_resumes_the_same_run_reduced_over_both_tasks(slurm_cluster: str, tmp_path: Path,
+                                                                          jobs: list) -> None:
+    from sdxl_dist_log.offline import find_run_dirs, read_run
+
+    runs_dir = tmp_path / "runs"
+    marker = tmp_path / "attempt1.logged"
+    job = submit(logging_task, str(runs_dir), str(marker), tasks_per_node=2, executor="slurm",
+                 folder=tmp_path / "submitit", timeout_min=5, job_name="sdxl-test-resume")
+    jobs.append(job)
+    end = time.monotonic() + 100
+    requeue_when_ready(job, marker, end)
+    wait_done(job, max(5.0, end - time.monotonic()))
+    results = job.results()
+    assert {r["attempt"] for r in results} == {2}, _logs(job)
+    expected_id = f"slurm-{job.job_id}"
+    assert {r["run_id"] for r in results} == {expected_id}
+    assert {r["group"] for r in results} == {f"slurm-{job.job_id}"}
+    assert {r["job_type"] for r in results} == {"train-submitit"}
+
+    runs = [read_run(d) for d in find_run_dirs(runs_dir)]
+    assert [r.run_id for r in runs] == [expected_id, expected_id]  # one run id, two offline parts
+    first, second = runs
+    assert first.group == second.group == f"slurm-{job.job_id}"
+    # each step's value is the mean over the 2 tasks of (rank + step)
+    assert [(row["trainer/step"], row["metrics/loss"]) for row in first.rows_with("metrics/loss")] == [
+        (0, 0.5), (1, 1.5), (2, 2.5)]
+    assert [(row["trainer/step"], row["metrics/loss"]) for row in second.rows_with("metrics/loss")] == [
+        (3, 3.5), (4, 4.5), (5, 5.5)]
+    assert second.exit_code == 0

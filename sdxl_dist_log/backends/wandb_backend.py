@@ -8,9 +8,12 @@ the last flush interval held.
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
+import shutil
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -25,8 +28,9 @@ _log = logging.getLogger("sdxl_dist_log")
 class WandbBackend:
     """Writes rows, images, artifacts and config into one W&B run. Thread-safe."""
 
-    def __init__(self, run: Any, *, step_metric: str) -> None:
+    def __init__(self, run: Any, *, step_metric: str, logger: logging.Logger | None = None) -> None:
         self._run = run
+        self._log = logger or _log
         self._step_metric = step_metric
         self._lock = threading.RLock()  # re-entrant: a preemption signal handler may finish the run mid-call
         self._last_step = 0
@@ -97,7 +101,7 @@ class WandbBackend:
         closer.start()
         closer.join(timeout)
         if closer.is_alive():
-            _log.warning("W&B run %s did not finish within %.0f s; leaving it to close in the background",
+            self._log.warning("W&B run %s did not finish within %.0f s; leaving it to close in the background",
                          self._run.id, timeout)
 
 
@@ -117,7 +121,8 @@ def _settings(config: WandbConfig, mode: str) -> Any:
 
 
 def start_backend(
-    config: WandbConfig, proposed: RunIdentity, run_config: Mapping[str, Any], resume: str | None
+    config: WandbConfig, proposed: RunIdentity, run_config: Mapping[str, Any], resume: str | None,
+    logger: logging.Logger | None = None,
 ) -> tuple[WandbBackend | NullBackend, RunIdentity]:
     """Start the run on the primary rank, falling back within bounded time instead of failing the job.
 
@@ -127,6 +132,7 @@ def start_backend(
     Returns:
         The backend and the identity the run really has (mode after fallback, run dir, fallback reason).
     """
+    log = logger or _log
     if config.mode == "disabled":
         return NullBackend(), _with(proposed, mode="disabled")
     import wandb
@@ -137,18 +143,30 @@ def start_backend(
     if mode == "online" and not wandb.login(prompt=False, verify=False):
         reason = "no W&B API key (set WANDB_API_KEY or run `wandb login`)"
     elif mode == "online":
+        attempt_started = time.time()
         try:
-            return _init(config, proposed, run_config, resume, "online")
+            return _init(config, proposed, run_config, resume, "online", log)
         except Exception as exc:  # CommError, timeouts, auth errors: logging must not kill training
             reason = f"online init failed: {type(exc).__name__}: {exc}"
+            # wandb-core still holds the run id of the failed attempt ("run ID is in use"); a fresh service lets the
+            # offline run keep the same id, which a requeued job needs to resume it
+            wandb.teardown()
+            _remove_failed_attempt(config.dir, proposed.run_id, since=attempt_started)
     if reason is not None:
         mode = config.fallback_mode
-        _log.warning("W&B run %s: %s; logging %s instead", proposed.run_id, reason, mode)
+        log.warning("W&B run %s: %s; logging %s instead", proposed.run_id, reason, mode)
         if mode == "disabled":
             return NullBackend(), _with(proposed, mode="disabled", fallback_reason=reason)
     wandb.setup(wandb.Settings(mode="offline"))  # keeps wandb from reporting errors over the network at exit
-    backend, identity = _init(config, proposed, run_config, resume, "offline")
+    backend, identity = _init(config, proposed, run_config, resume, "offline", log)
     return backend, _with(identity, fallback_reason=reason)
+
+
+def _remove_failed_attempt(root: str, run_id: str, since: float) -> None:
+    """Delete the directory a failed online init left (nothing was logged to it), so only the real run remains."""
+    for path in glob.glob(os.path.join(root, "wandb", f"run-*-{glob.escape(run_id)}")):
+        if os.path.getmtime(path) >= since - 1.0:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _with(identity: RunIdentity, **changes: Any) -> RunIdentity:
@@ -156,7 +174,8 @@ def _with(identity: RunIdentity, **changes: Any) -> RunIdentity:
 
 
 def _init(
-    config: WandbConfig, proposed: RunIdentity, run_config: Mapping[str, Any], resume: str | None, mode: str
+    config: WandbConfig, proposed: RunIdentity, run_config: Mapping[str, Any], resume: str | None, mode: str,
+    logger: logging.Logger,
 ) -> tuple[WandbBackend, RunIdentity]:
     import wandb
 
@@ -180,6 +199,6 @@ def _init(
         settings=_settings(config, mode),
         **kwargs,
     )
-    backend = WandbBackend(run, step_metric=config.step_metric)
-    run_dir = os.path.dirname(run.dir.rstrip("/")) if run.dir else None
+    backend = WandbBackend(run, step_metric=config.step_metric, logger=logger)
+    run_dir = os.path.abspath(os.path.dirname(run.dir.rstrip("/"))) if run.dir else None
     return backend, _with(proposed, mode=mode, run_dir=run_dir)
