@@ -179,8 +179,10 @@ class Collectives:
         fits = min(len(row), self.frame)
         send[CALL_HEADER : CALL_HEADER + fits] = row[:fits]
         out = torch.empty(self.world_size * send.size, dtype=torch.float64)
-        self._wait(dist.all_gather_single(out, torch.from_numpy(send), group=self._group, async_op=True), call,
-                   "all_gather")
+        # torch 2.13 renamed all_gather_into_tensor to all_gather_single (the old name warns there); older torch has
+        # only the old name
+        gather_flat = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+        self._wait(gather_flat(out, torch.from_numpy(send), group=self._group, async_op=True), call, "all_gather")
         gathered = out.numpy().reshape(self.world_size, -1)
         self._check_in_step(gathered[:, :CALL_HEADER], call)
         return gathered

@@ -9,6 +9,7 @@ one collective, and every rank sees whether the key sets agree before it trusts 
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hashlib
 import numbers
 from collections.abc import Callable, Mapping, Sequence
@@ -61,7 +62,13 @@ class MetricPlan:
     keys: tuple[str, ...]
     ops: tuple[Reduce, ...]
 
-    @property
+    @functools.cached_property
+    def op_columns(self) -> dict[Reduce, np.ndarray]:
+        """Column indices of each op, so a reduction is a handful of vector operations whatever the key count."""
+        codes = np.array([list(Reduce).index(op) for op in self.ops], dtype=np.int64)
+        return {op: np.flatnonzero(codes == i) for i, op in enumerate(Reduce) if np.any(codes == i)}
+
+    @functools.cached_property
     def fingerprint(self) -> int:
         digest = hashlib.blake2b(
             "\0".join(f"{k}\x1f{op.value}" for k, op in zip(self.keys, self.ops)).encode(), digest_size=8
@@ -143,6 +150,9 @@ def pack_values_deferred(
     on_device: dict[Any, list[tuple[int, Any]]] = {}
     for i, key in enumerate(keys):
         value = metrics[key]
+        if type(value) is float or type(value) is int:  # the common case, without the ABC checks below
+            out[i] = value
+            continue
         if _is_torch_tensor(value):
             if value.numel() != 1:
                 raise MetricValueError(
@@ -171,8 +181,14 @@ def pack_values_deferred(
     import torch
 
     pending = []
-    for device, device_values in on_device.items():
-        stacked = torch.stack([v.detach().reshape(()).to(torch.float64) for _, v in device_values])
+    for device, by_position in on_device.items():
+        # one stack kernel per dtype and one conversion per group, not a conversion kernel per metric
+        groups: dict[Any, list[tuple[int, Any]]] = {}
+        for i, value in by_position:
+            groups.setdefault(value.dtype, []).append((i, value))
+        device_values = [item for group in groups.values() for item in group]
+        parts = [torch.stack([v.detach().reshape(()) for _, v in group]).to(torch.float64) for group in groups.values()]
+        stacked = parts[0] if len(parts) == 1 else torch.cat(parts)
         if non_blocking and device.type == "cuda":
             host = torch.empty(stacked.shape, dtype=torch.float64, pin_memory=True)
             host.copy_(stacked, non_blocking=True)
@@ -227,29 +243,34 @@ def reduce_rows(plan: MetricPlan, rows: np.ndarray, *, primary_rank: int = 0) ->
     Returns:
         Metric key (unprefixed) -> value; ``PER_RANK`` keys expand to ``<key>/rank<r>``.
     """
-    n = len(plan.keys)
-    values = rows[:, HEADER_SIZE : HEADER_SIZE + n]
-    out: dict[str, float] = {}
-    for j, (key, op) in enumerate(zip(plan.keys, plan.ops)):
-        column = values[:, j]
-        if op is Reduce.PER_RANK:
-            for r, x in enumerate(column):
-                out[f"{key}/rank{r}"] = float(x)
-        else:
-            out[key] = _reduce_column(op, column, primary_index=min(primary_rank, len(column) - 1))
+    values = rows[:, HEADER_SIZE : HEADER_SIZE + len(plan.keys)]
+    reduced = np.empty(len(plan.keys), dtype=np.float64)
+    for op, columns in plan.op_columns.items():
+        if op is not Reduce.PER_RANK:
+            reduced[columns] = _reduce_columns(op, values[:, columns], min(primary_rank, len(values) - 1))
+    out = dict(zip(plan.keys, reduced.tolist()))
+    for j in plan.op_columns.get(Reduce.PER_RANK, ()):
+        key = plan.keys[j]
+        del out[key]
+        for r, x in enumerate(values[:, j].tolist()):
+            out[f"{key}/rank{r}"] = x
     return out
 
 
-def _reduce_column(op: Reduce, column: np.ndarray, primary_index: int = 0) -> float:
+def _reduce_columns(op: Reduce, columns: np.ndarray, primary_index: int = 0) -> np.ndarray:
     if op is Reduce.MEAN:
-        return float(np.sum(column) / len(column))
+        return np.sum(columns, axis=0) / len(columns)
     if op is Reduce.SUM:
-        return float(np.sum(column))
+        return np.sum(columns, axis=0)
     if op is Reduce.MIN:
-        return float(np.min(column))
+        return np.min(columns, axis=0)
     if op is Reduce.MAX:
-        return float(np.max(column))
-    return float(column[primary_index])
+        return np.max(columns, axis=0)
+    return columns[primary_index]
+
+
+def _reduce_column(op: Reduce, column: np.ndarray, primary_index: int = 0) -> float:
+    return float(_reduce_columns(op, column[:, None], primary_index)[0])
 
 
 def reduce_union(

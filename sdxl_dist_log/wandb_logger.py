@@ -96,6 +96,7 @@ class WandbLogger:
         self.is_primary = rank.is_primary(cfg.primary_rank)
         self._lock = threading.RLock()
         self._last_step: int | None = None
+        self._plans: dict[Any, MetricPlan] = {}
         self._run_config: dict[str, Any] = {}
         self._warned: set[str] = set()
         self._finished = False
@@ -211,9 +212,7 @@ class WandbLogger:
             for key in keys:
                 if not isinstance(key, str) or not key:
                     raise MetricValueError(f"metric key {key!r} is not a non-empty string")
-            merged = {**self.config.metric_reduce, **(reduce if isinstance(reduce, Mapping) else {})}
-            ops = resolve_reduce(keys, reduce if isinstance(reduce, str) else merged)
-            plan = MetricPlan(keys, ops)
+            plan = self._plan(keys, reduce)
             # async: the device-to-host copy is only started here; the background thread waits for it
             values = pack_values_deferred(metrics, keys, non_blocking=self._dispatcher.threaded)
         except MetricValueError as exc:
@@ -227,6 +226,18 @@ class WandbLogger:
             lambda: result.append(self._reduce_and_log(plan, values() if values is not None else None, error, call, prefix, commit))
         )
         return result[0] if result else None
+
+    def _plan(self, keys: tuple[str, ...], reduce: str | Mapping[str, str] | None) -> MetricPlan:
+        """The call's keys and ops; cached per key set, since training loops log the same keys every step."""
+        cache_key = (keys, reduce if reduce is None or isinstance(reduce, str) else tuple(sorted(reduce.items())))
+        plan = self._plans.get(cache_key)
+        if plan is None:
+            merged = {**self.config.metric_reduce, **(reduce if isinstance(reduce, Mapping) else {})}
+            plan = MetricPlan(keys, resolve_reduce(keys, reduce if isinstance(reduce, str) else merged))
+            if len(self._plans) >= 256:
+                self._plans.clear()
+            self._plans[cache_key] = plan
+        return plan
 
     def _reduce_and_log(
         self, plan: MetricPlan, values: np.ndarray | None, error: Exception | None, call: CallInfo, prefix: str,
