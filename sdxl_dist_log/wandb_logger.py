@@ -516,7 +516,17 @@ class WandbLogger:
 
     def _log_system_row(self, row: Mapping[str, float]) -> None:
         with self._lock:
+            self._record_hostnames()
             self._backend.log_row(dict(row), self._last_step)
+
+    def _record_hostnames(self) -> None:
+        """Put the node -> host map into the run config whenever a node is seen for the first time."""
+        hosts = dict(getattr(self._system, "hostnames", None) or {})
+        known = self._run_config.get("sdxl_dist_log", {}).get("hostnames", {})
+        named = {f"node{n}": host for n, host in sorted(hosts.items())}
+        if named and named != known:
+            self._run_config = deep_merge(self._run_config, {"sdxl_dist_log": {"hostnames": named}})
+            self._backend.update_config({"sdxl_dist_log": self._run_config["sdxl_dist_log"]})
 
     def _warn_if_degraded(self, call: CallInfo) -> None:
         failure = self._collectives.failure

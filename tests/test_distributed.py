@@ -382,3 +382,33 @@ def test_sigterm_marks_the_run_preempting_and_keeps_every_step(tmp_path: Path) -
     assert run.preempting
     assert [row["trainer/step"] for row in run.rows_with("metrics/loss")] == [0, 1, 2, 3, 4]
     assert run.exit_code is not None  # finished, not abandoned
+
+
+def test_every_gpu_of_every_simulated_node_reaches_the_run_with_hostnames(tmp_path: Path) -> None:
+    # ranks 0, 1 on node 0 and rank 2 on node 1, each node with 2 fake GPUs (utilization 10*i + offset)
+    layout = {0: (0, 0), 1: (0, 1), 2: (1, 0)}
+
+    def rank_env(rank: int) -> dict[str, str]:
+        node, local = layout[rank]
+        return {"GROUP_RANK": str(node), "LOCAL_RANK": str(local), "LOCAL_WORLD_SIZE": "2",
+                "SDXL_DIST_LOG_FAKE_NVML": f"gpus=2,offset={40 * node}"}
+
+    def body(rank: int):
+        with make_logger(str(tmp_path), log_system_metrics=True, system_metrics_interval=0.2) as wb:
+            for step in range(8):
+                wb.log_metrics({"x": 1.0}, step=step)
+                time.sleep(0.2)
+            return wb.rank_info.node_rank
+
+    assert assert_all_ok(run_ranks(body, 3, rank_env=rank_env, timeout=120)) == [0, 0, 1]
+    run = only_run(tmp_path)
+    rows = [row for row in run.history if "system/node1/gpu1/utilization" in row]
+    assert rows, f"no row with both nodes; keys seen: {sorted({k for r in run.history for k in r})[:40]}"
+    row = rows[-1]
+    per_gpu = {(n, i): row[f"system/node{n}/gpu{i}/utilization"] for n in (0, 1) for i in (0, 1)}
+    assert per_gpu == {(0, 0): 0, (0, 1): 10, (1, 0): 40, (1, 1): 50}
+    assert row["system/all/gpu/utilization/mean"] == pytest.approx(25.0)
+    assert row["system/all/gpu/utilization/min"] == 0 and row["system/all/gpu/utilization/max"] == 50
+    assert row["trainer/step"] >= 0  # system rows carry the training step, so W&B never drops them
+    hosts = run.config["sdxl_dist_log"]["hostnames"]
+    assert set(hosts) == {"node0", "node1"}
