@@ -17,11 +17,15 @@ import time
 from pathlib import Path
 
 
-def demo_task(steps: int, out_dir: str, mode: str) -> str | None:
-    """Runs in every task: the demo training (imported here, in the job, not at submit time)."""
+def demo_task(steps: int, out_dir: str, mode: str, step_time: float = 0.05) -> str | None:
+    """Runs in every task: the demo training (imported here, in the job, not at submit time).
+
+    ``resume=True``: when SLURM requeues the job (preemption, timeout), the task restarts from the last checkpoint,
+    and the W&B run id, derived from the job id, is the same, so the run continues.
+    """
     from sdxl_dist_log.demo import train
 
-    return train(steps, out_dir=out_dir, mode=mode)
+    return train(steps, out_dir=out_dir, mode=mode, step_time=step_time, resume=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=20, help="demo training steps")
     p.add_argument("--out-dir", default="outputs/demo", help="demo output (W&B offline run, checkpoints, logs)")
     p.add_argument("--mode", choices=("offline", "online", "disabled"), default="offline", help="W&B mode")
+    p.add_argument("--step-time", type=float, default=0.05, help="seconds of simulated work per step")
     p.add_argument("--no-wait", action="store_true", help="print the job id and return without waiting")
     args = p.parse_args(argv)
 
@@ -47,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         args.steps,
         str(Path(args.out_dir).resolve()),
         args.mode,
+        args.step_time,
         nodes=args.nodes,
         tasks_per_node=args.tasks_per_node,
         gpus_per_node=args.gpus_per_node,

@@ -107,6 +107,8 @@ class Collectives:
         self.namespace = namespace
         self._sequence = 0
         self.frame = INITIAL_FRAME
+        self._in_flight: tuple[int, float] | None = None
+        self._watchdog: threading.Thread | None = None
         self.failure: CollectiveError | None = None
         self.counts: Counter[str] = Counter()
 
@@ -253,20 +255,37 @@ class Collectives:
 
     # -- failure handling ---------------------------------------------------------------------------------------
     def _wait(self, work: Any, call: CallInfo, op: str, timeout: float | None = None) -> None:
+        # A plain bounded wait: nothing per call but two attribute writes. Presence for the error message is posted
+        # by the watchdog thread, only for calls still waiting after presence_after seconds.
         self.counts[op] += 1
         limit = self.timeout if timeout is None else timeout
-        done = threading.Event()
-        work.get_future().add_done_callback(lambda _: done.set())
-        start = time.monotonic()
-        if not done.wait(self.presence_after):
-            self._post_presence()
-            done.wait(max(0.0, limit - (time.monotonic() - start)))
-        if not done.is_set():
-            self._fail(CollectiveTimeoutError, f"timed out after {limit:g} s", call)
+        self._ensure_watchdog()
+        self._in_flight = (self._sequence, time.monotonic())
         try:
-            work.wait()
+            work.wait(timeout=timedelta(seconds=limit))
         except RuntimeError as exc:
-            self._fail(CollectiveError, f"failed ({exc})", call)
+            timed_out = "timed out" in str(exc).lower()
+            self._fail(CollectiveTimeoutError if timed_out else CollectiveError,
+                       f"timed out after {limit:g} s" if timed_out else f"failed ({exc})", call)
+        finally:
+            self._in_flight = None
+
+    def _ensure_watchdog(self) -> None:
+        if self._watchdog is None:
+            self._watchdog = threading.Thread(target=self._watch, name="sdxl-dist-log-watchdog", daemon=True)
+            self._watchdog.start()
+
+    def _watch(self) -> None:
+        posted = -1
+        while True:
+            time.sleep(self.presence_after / 2)
+            in_flight = self._in_flight
+            if in_flight is None:
+                continue
+            sequence, started = in_flight
+            if sequence != posted and time.monotonic() - started >= self.presence_after:
+                self._post_presence(sequence)
+                posted = sequence
 
     def _guard(self, fn: Any, call: CallInfo, op: str) -> None:
         self.counts[op] += 1
@@ -276,12 +295,12 @@ class Collectives:
         except RuntimeError as exc:
             self._fail(CollectiveError, f"failed ({exc})", call)
 
-    def _presence_key(self) -> str:
-        return f"{self.namespace}/present/{self._sequence}"
+    def _presence_key(self, sequence: int | None = None) -> str:
+        return f"{self.namespace}/present/{self._sequence if sequence is None else sequence}"
 
-    def _post_presence(self) -> None:
+    def _post_presence(self, sequence: int | None = None) -> None:
         try:
-            self._store.append(self._presence_key(), f"{self.rank},")
+            self._store.append(self._presence_key(sequence), f"{self.rank},")
         except Exception as exc:  # the store's host may be gone; naming ranks is best effort
             _log.debug("could not post presence: %s", exc)
 

@@ -31,10 +31,13 @@ def train(
     system_metrics_interval: float = 0.5,
     async_metrics: bool = False,
     step_time: float = 0.05,
+    resume: bool = False,
 ) -> str | None:
     """Train a tiny model on random data, logging metrics, images, checkpoints and config from every rank.
 
-    Initializes torch.distributed from the environment when WORLD_SIZE > 1 and it is not initialized yet.
+    Initializes torch.distributed from the environment when WORLD_SIZE > 1 and it is not initialized yet. With
+    ``resume``, a restarted job (a SLURM requeue, say) continues from the last checkpoint under ``out_dir``, and,
+    since the run id derives from the SLURM job, logs into the same W&B run.
 
     Returns:
         The W&B run directory (on the primary rank; None elsewhere or when disabled).
@@ -58,6 +61,14 @@ def train(
     model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 1)).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     hyper = {"model": {"layers": [16, 32, 1]}, "optim": {"name": "sgd", "lr": 0.05}, "steps": steps}
+    checkpoints = Path(out_dir) / "checkpoints"
+    start = 0
+    pointer = checkpoints / "last"
+    if resume and pointer.exists():
+        state = torch.load(checkpoints / pointer.read_text().strip(), map_location=device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start = int(state["step"])
     run_dir: str | None = None
     wandb_config = WandbConfig(
         project=project, mode=mode, dir=out_dir, config=hyper, tags=["demo"],
@@ -68,9 +79,11 @@ def train(
         with UnifiedLogger(LogConfig(name="demo", log_dir=os.path.join(out_dir, "logs"))) as log, \
                 WandbLogger(wandb_config, logger=log) as wb:
             wb.log_config({"data": {"kind": "random", "batch": 32}})
-            log.info("training %d steps on %s", steps, device)
+            log.info("training steps %d..%d on %s%s", start, steps - 1, device,
+                     f" (resumed from {pointer.read_text().strip()})" if start else "")
             log.start_progress(total=steps, desc="demo")
-            for step in range(steps):
+            log.update_progress(start)
+            for step in range(start, steps):
                 x = torch.randn(32, 16, device=device)
                 y = x.sum(dim=1, keepdim=True) * 0.1
                 loss = torch.nn.functional.mse_loss(model(x), y)
@@ -86,10 +99,14 @@ def train(
                     wb.log_images(samples, captions=[f"step {step} sample {i}" for i in range(2)], step=step,
                                   value_range=(-1.0, 1.0))
                 if checkpoint_every and (step + 1) % checkpoint_every == 0:
-                    path = Path(out_dir) / "checkpoints" / f"step_{step + 1}.pt"
+                    path = checkpoints / f"step_{step + 1}.pt"
                     if rank == 0:
-                        path.parent.mkdir(parents=True, exist_ok=True)
-                        torch.save(model.state_dict(), path)
+                        checkpoints.mkdir(parents=True, exist_ok=True)
+                        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step + 1}
+                        torch.save(state, f"{path}.tmp")
+                        os.replace(f"{path}.tmp", path)  # a kill mid-save never leaves a torn checkpoint
+                        pointer.with_suffix(".tmp").write_text(path.name)
+                        os.replace(pointer.with_suffix(".tmp"), pointer)
                     wb.log_model(path, metadata={"step": step + 1, "loss": float(detached)},
                                  aliases=["latest"] + (["final"] if step + 1 == steps else []))
                 log.update_progress(1)
@@ -138,12 +155,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--system-metrics-interval", type=float, default=0.5)
     parser.add_argument("--step-time", type=float, default=0.05, help="seconds of simulated work per step")
     parser.add_argument("--async-metrics", action="store_true")
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint under --out-dir")
 
 
 def run_from_args(args: argparse.Namespace) -> int:
     kwargs = dict(steps=args.steps, out_dir=args.out_dir, mode=args.mode,
                   system_metrics_interval=args.system_metrics_interval, async_metrics=args.async_metrics,
-                  step_time=args.step_time)
+                  step_time=args.step_time, resume=args.resume)
     under_launcher = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     run_dir = train(**kwargs) if under_launcher else run_local(args.nproc, **kwargs)
     if run_dir is None:

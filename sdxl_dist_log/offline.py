@@ -767,11 +767,12 @@ def _key_line(key: str, values: list[Any]) -> str:
     return f"{key}: " + ", ".join(parts)
 
 
-def format_run(run: OfflineRun) -> str:
+def format_run(run: OfflineRun, step_key: str = "trainer/step") -> str:
     """A readable multi-line summary of a run, as ``sdxl-dist-log inspect RUN_DIR`` prints it.
 
     Args:
         run: a run from :func:`read_run`.
+        step_key: the key that carries the training step (``WandbConfig.step_metric``); its range is shown.
 
     Returns:
         Identity, exit state, config, one line per history key (count, first/last/min/max; images counted),
@@ -810,8 +811,12 @@ def format_run(run: OfflineRun) -> str:
     for row in run.history:
         for key, value in row.items():
             columns.setdefault(key, []).append(value)
+    trained = [row[step_key] for row in run.history if isinstance(row.get(step_key), (int, float))]
     steps = [row["_step"] for row in run.history if isinstance(row.get("_step"), int)]
-    step_text = f", steps {min(steps)}..{max(steps)}" if steps else ""
+    if trained:  # the training step every sdxl_dist_log row carries; W&B's _step only counts rows
+        step_text = f", {step_key} {min(trained):g}..{max(trained):g}"
+    else:
+        step_text = f", steps {min(steps)}..{max(steps)}" if steps else ""
     lines.append(f"history: {len(run.history)} rows{step_text}")
     user = sorted(k for k in columns if not k.startswith("_") and not k.startswith(SYSTEM_PREFIX))
     system = sorted(k for k in columns if k.startswith(SYSTEM_PREFIX))

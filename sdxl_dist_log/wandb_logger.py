@@ -393,7 +393,7 @@ class WandbLogger:
         alias.
 
         Returns:
-            True if this rank uploaded it.
+            True if this rank uploaded it (False on other ranks, when disabled, or when the run has failed).
 
         Raises:
             FileNotFoundError: ``path`` does not exist (checked on the primary before anything is uploaded).
@@ -411,9 +411,10 @@ class WandbLogger:
         artifact = _artifact_name(name or cfg.checkpoint_prefix)
         details = {"source_path": os.path.abspath(source), **({"step": self._last_step} if self._last_step is not None
                                                               else {}), **dict(metadata or {})}
-        self._backend.log_artifact(source, name=artifact, type=type, aliases=aliases, metadata=details)
-        self._info(f"checkpoint {source} -> artifact {artifact} aliases={aliases}")
-        return True
+        uploaded = self._backend.log_artifact(source, name=artifact, type=type, aliases=aliases, metadata=details)
+        if uploaded:
+            self._info(f"checkpoint {source} -> artifact {artifact} aliases={aliases}")
+        return uploaded
 
     def log_config(self, values: Mapping[str, Any]) -> dict[str, Any]:
         """Merge ``values`` into the run config (nested dicts merge key by key; secrets redacted). Primary only.

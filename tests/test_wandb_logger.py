@@ -935,3 +935,46 @@ def test_run_dir_is_absolute(doc: dict[str, Any]) -> None:
 
 def test_fallback_reason_reaches_the_given_logger(doc: dict[str, Any]) -> None:
     assert "API key" in doc["quick_log"], doc["quick_log"]
+
+
+@pytest.mark.timeout(120)
+def test_a_dead_wandb_service_never_crashes_training(tmp_path: Path) -> None:
+    """SLURM signals every process of a job step on requeue; wandb-core dies while training goes on."""
+
+    def body(rank: int):
+        import logging
+        import signal as signals
+
+        import psutil
+
+        from sdxl_dist_log import WandbConfig, WandbLogger
+
+        errors: list[str] = []
+
+        class Keep(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                if record.levelno >= logging.ERROR:
+                    errors.append(record.getMessage())
+
+        logging.getLogger("sdxl_dist_log").addHandler(Keep())
+        checkpoint = tmp_path / "model.pt"
+        checkpoint.write_bytes(b"w" * 16)
+        wb = WandbLogger(WandbConfig(project="t", mode="offline", dir=str(tmp_path / "runs"),
+                                     log_system_metrics=False))
+        wb.log_metrics({"loss": 1.0}, step=0)
+        services = [p for p in psutil.Process().children(recursive=True) if "wandb" in " ".join(p.cmdline())]
+        for service in services:
+            service.send_signal(signals.SIGKILL)
+        psutil.wait_procs(services, timeout=10)
+        logged = wb.log_metrics({"loss": 2.0}, step=1)  # must not raise
+        uploaded = wb.log_model(checkpoint)
+        wb.log_config({"lr": 0.1})
+        wb.finish()
+        return {"services": len(services), "logged": logged, "uploaded": uploaded, "errors": errors}
+
+    result = run_ranks(body, 1, init=False, timeout=90)[0]
+    assert result.ok, result.traceback
+    value = result.value
+    assert value["services"] >= 1
+    assert value["logged"] == {"metrics/loss": 2.0} and value["uploaded"] is False
+    assert len(value["errors"]) == 1 and "training goes on" in value["errors"][0]

@@ -55,8 +55,8 @@ class Backend(Protocol):
 
     def log_artifact(
         self, path: str, *, name: str, type: str, aliases: Sequence[str], metadata: Mapping[str, Any]
-    ) -> None:
-        """Upload a file or directory as a new version of the artifact ``name``."""
+    ) -> bool:
+        """Upload a file or directory as a new version of the artifact ``name``; False if the run could not."""
 
     def update_config(self, values: Mapping[str, Any]) -> None:
         """Set top-level config keys (values already merged and redacted)."""
@@ -84,8 +84,8 @@ class NullBackend:
 
     def log_artifact(
         self, path: str, *, name: str, type: str, aliases: Sequence[str], metadata: Mapping[str, Any]
-    ) -> None:
-        pass
+    ) -> bool:
+        return False
 
     def update_config(self, values: Mapping[str, Any]) -> None:
         pass

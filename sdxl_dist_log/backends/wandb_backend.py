@@ -14,7 +14,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -26,7 +26,12 @@ _log = logging.getLogger("sdxl_dist_log")
 
 
 class WandbBackend:
-    """Writes rows, images, artifacts and config into one W&B run. Thread-safe."""
+    """Writes rows, images, artifacts and config into one W&B run. Thread-safe.
+
+    A failure of the run itself (its ``wandb-core`` service killed, say: SLURM signals every process of a job step
+    on requeue, while the training process may ignore the signal and go on) is caught, reported once, and turns
+    this backend into a no-op: logging never kills training.
+    """
 
     def __init__(self, run: Any, *, step_metric: str, logger: logging.Logger | None = None) -> None:
         self._run = run
@@ -35,12 +40,27 @@ class WandbBackend:
         self._lock = threading.RLock()  # re-entrant: a preemption signal handler may finish the run mid-call
         self._last_step = 0
         self._pending: dict[str, Any] = {}
+        self.failure: BaseException | None = None
         run.define_metric(step_metric)
         run.define_metric("*", step_metric=step_metric, step_sync=True)
 
     @property
     def run(self) -> Any:
         return self._run
+
+    def _guarded(self, what: str, action: Callable[[], None]) -> bool:
+        """Run one call into W&B under the lock; on failure report once and stop using the run. True if it ran."""
+        with self._lock:
+            if self.failure is not None:
+                return False
+            try:
+                action()
+                return True
+            except Exception as exc:
+                self.failure = exc
+                self._log.error("W&B run %s failed during %s (%s: %s); logging to it stops here, training goes on",
+                                getattr(self._run, "id", "?"), what, type(exc).__name__, exc)
+                return False
 
     def log_row(self, data: Mapping[str, Any], step: int | None, commit: bool = True) -> None:
         with self._lock:
@@ -51,7 +71,7 @@ class WandbBackend:
                 return
             row, self._pending = self._pending, {}
             row[self._step_metric] = self._last_step
-            self._run.log(row)
+            self._guarded("log", lambda: self._run.log(row))
 
     def log_images(
         self, key: str, images: Sequence[np.ndarray], captions: Sequence[str | None], step: int | None
@@ -66,24 +86,24 @@ class WandbBackend:
 
     def log_artifact(
         self, path: str, *, name: str, type: str, aliases: Sequence[str], metadata: Mapping[str, Any]
-    ) -> None:
+    ) -> bool:
         import wandb
 
-        artifact = wandb.Artifact(name, type=type, metadata=dict(metadata))
-        if os.path.isdir(path):
-            artifact.add_dir(path)
-        else:
-            artifact.add_file(path)
-        with self._lock:
+        def upload() -> None:
+            artifact = wandb.Artifact(name, type=type, metadata=dict(metadata))
+            if os.path.isdir(path):
+                artifact.add_dir(path)
+            else:
+                artifact.add_file(path)
             self._run.log_artifact(artifact, aliases=list(aliases))
 
+        return self._guarded(f"log_artifact({name})", upload)
+
     def update_config(self, values: Mapping[str, Any]) -> None:
-        with self._lock:
-            self._run.config.update(dict(values), allow_val_change=True)
+        self._guarded("config update", lambda: self._run.config.update(dict(values), allow_val_change=True))
 
     def mark_preempting(self) -> None:
-        with self._lock:
-            self._run.mark_preempting()
+        self._guarded("mark_preempting", self._run.mark_preempting)
 
     def flush(self) -> None:
         with self._lock:
@@ -92,17 +112,15 @@ class WandbBackend:
 
     def finish(self, exit_code: int, timeout: float) -> None:
         def close() -> None:
-            with self._lock:
-                if self._pending:
-                    self.log_row({}, None)
-                self._run.finish(exit_code=exit_code)
+            self.flush()
+            self._guarded("finish", lambda: self._run.finish(exit_code=exit_code))
 
         closer = threading.Thread(target=close, name="sdxl-dist-log-finish", daemon=True)
         closer.start()
         closer.join(timeout)
         if closer.is_alive():
             self._log.warning("W&B run %s did not finish within %.0f s; leaving it to close in the background",
-                         self._run.id, timeout)
+                              self._run.id, timeout)
 
 
 def _settings(config: WandbConfig, mode: str) -> Any:
