@@ -592,7 +592,8 @@ def assemble_row(
         stale_nodes: nodes to mark ``system/node{n}/stale = 1.0``.
         stale_ranks: count for ``system/stale_ranks``.
         multi_node: put the node in per-node keys.
-        aggregate_only: emit only ``system/all/...`` and staleness keys.
+        aggregate_only: emit only ``system/all/...`` and staleness keys. Otherwise aggregates appear where they
+            summarize: GPU aggregates from two GPUs on, node aggregates from two nodes on.
 
     Returns:
         The row. GPUs of a node are restricted to those the job's ranks use when any rank's device matched one.
@@ -625,8 +626,11 @@ def assemble_row(
         for (n, label), figures in sorted(entities.items()):
             for figure, value in figures.items():
                 row[entity_key(label, figure, n, multi_node=multi_node)] = value
-    row.update(aggregate_figures(entities.values(), f"{KEY_ROOT}/all/gpu"))
-    row.update(aggregate_figures((r.figures for _, r in sorted(nodes.items())), f"{KEY_ROOT}/all"))
+    # an aggregate of one thing repeats it: summarize GPUs from two on, nodes from two on (always if it is all we log)
+    if len(entities) > 1 or aggregate_only:
+        row.update(aggregate_figures(entities.values(), f"{KEY_ROOT}/all/gpu"))
+    if len(nodes) > 1 or aggregate_only:
+        row.update(aggregate_figures((r.figures for _, r in sorted(nodes.items())), f"{KEY_ROOT}/all"))
     row[f"{KEY_ROOT}/all/gpu/count"] = float(len(entities))
     row[f"{KEY_ROOT}/all/node/count"] = float(len(nodes))
     stale = sorted(set(stale_nodes))
