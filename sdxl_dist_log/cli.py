@@ -8,15 +8,24 @@ from collections.abc import Sequence
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from sdxl_dist_log.offline import format_run, read_run
+    from pathlib import Path
 
-    try:
-        run = read_run(args.run_dir)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"sdxl-dist-log inspect: {exc}", file=sys.stderr)
-        return 2
-    print(format_run(run))
-    return 0
+    from sdxl_dist_log.offline import find_run_dirs, format_run, read_run
+
+    status = 0
+    for index, given in enumerate(args.run_dir):
+        path = Path(given)
+        # a folder of several runs (the parts of a requeued run, say): show each
+        runs = find_run_dirs(path) if path.is_dir() and not list(path.glob("*.wandb")) else [path]
+        for run_path in runs or [path]:
+            try:
+                summary = format_run(read_run(run_path))
+            except (FileNotFoundError, ValueError) as exc:
+                print(f"sdxl-dist-log inspect: {run_path}: {exc}", file=sys.stderr)
+                status = 2
+                continue
+            print(("\n" if index or run_path != runs[0] else "") + summary)
+    return status
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_arguments(demo_parser)
     demo_parser.set_defaults(func=demo.run_from_args)
     inspect_parser = sub.add_parser("inspect", help="summarise an offline W&B run directory")
-    inspect_parser.add_argument("run_dir", help="a run directory, its .wandb file, or a folder holding one run")
+    inspect_parser.add_argument("run_dir", nargs="+",
+                                help="run directories, .wandb files, or folders holding runs (each run is shown)")
     inspect_parser.set_defaults(func=_inspect)
     try:
         from sdxl_dist_log.launch.cli_submit import add_submit_parser, run_submit

@@ -109,25 +109,28 @@ class Collectives:
         self.frame = INITIAL_FRAME
         self._in_flight: tuple[int, float] | None = None
         self._watchdog: threading.Thread | None = None
+        self._closed = threading.Event()
+        self._broadcasts = 0
         self.failure: CollectiveError | None = None
         self.counts: Counter[str] = Counter()
 
     @classmethod
-    def create(cls, *, rank: int, world_size: int, timeout: float, setup_timeout: float = 0.0) -> Collectives:
+    def create(cls, *, rank: int, world_size: int, timeout: float) -> Collectives:
         """Collectives over a new gloo group when torch.distributed is initialized, else the identity.
 
         Args:
             rank: this process's rank from the environment (used when no process group exists).
             world_size: the launch's size from the environment (likewise).
             timeout: seconds each logging collective may wait for the other ranks.
-            setup_timeout: extra seconds the group allows for the slowest call (the primary's ``wandb.init``).
         """
         import torch.distributed as dist
 
         if not (dist.is_available() and dist.is_initialized()):
             return cls(rank=rank, world_size=1, timeout=timeout)
         number = next(_instance_numbers)
-        group = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout + setup_timeout + 5.0))
+        # gloo abandons a pending operation only at the group's timeout: keep it at the per-call bound, so a rank that
+        # arrives after the others gave up fails too instead of completing against an abandoned operation
+        group = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout + 2.0))
         store = dist.distributed_c10d._get_default_store()
         return cls(
             rank=dist.get_rank(),
@@ -229,29 +232,49 @@ class Collectives:
         return [t.numpy()[:n] for t, n in zip(gather_list, sizes)]
 
     def broadcast_json(self, obj: Any, src: int, call: CallInfo, *, timeout: float | None = None) -> Any:
-        """Send a small JSON-able value from ``src`` to every rank in one broadcast (64 KiB at most).
+        """Send a small JSON-able value from ``src`` to every rank through the process group's store.
+
+        The store, not the gloo group, carries it: the wait can be longer than ``timeout`` (the primary's
+        ``wandb.init`` may take ``init_timeout``) without stretching the bound of every other logging collective.
 
         Args:
-            timeout: seconds to wait instead of the default (the primary's ``wandb.init`` may take longer).
+            timeout: seconds to wait instead of the default.
+
+        Raises:
+            CollectiveTimeoutError: ``src`` did not publish within the timeout.
         """
         if not self.active:
             return obj
-        import torch
-        import torch.distributed as dist
-
-        capacity = 65536
-        buffer = torch.zeros(capacity, dtype=torch.uint8)
+        limit = self.timeout if timeout is None else timeout
+        self.counts["broadcast"] += 1
+        self._broadcasts += 1
+        key = f"{self.namespace}/broadcast/{self._broadcasts}"
         if self.rank == src:
-            data = json.dumps(obj).encode()
-            if len(data) + 4 > capacity:
-                raise ValueError(f"{call}: {len(data)} bytes do not fit the {capacity}-byte broadcast")
-            buffer[:4] = torch.frombuffer(bytearray(len(data).to_bytes(4, "little")), dtype=torch.uint8)
-            buffer[4 : 4 + len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-        self._sequence += 1
-        self._wait(dist.broadcast(buffer, src=src, group=self._group, async_op=True), call, "broadcast", timeout)
-        raw = buffer.numpy()
-        length = int.from_bytes(raw[:4].tobytes(), "little")
-        return json.loads(raw[4 : 4 + length].tobytes())
+            self._store.set(key, json.dumps(obj))
+            return obj
+        try:
+            self._store.wait([key], timedelta(seconds=limit))
+            return json.loads(self._store.get(key))
+        except Exception as exc:  # DistStoreError / RuntimeError on timeout or a lost store
+            error = CollectiveTimeoutError(
+                f"{call} on rank {self.rank}: rank {src} did not publish within {limit:g} s ({exc}). "
+                "Logging collectives are off from here on; training is not affected.",
+                call=str(call), ranks=[src],
+            )
+            self.failure = error
+            raise error from None
+
+    def close(self) -> None:
+        """Stop the watchdog and free the logging group (local; no collective). Idempotent."""
+        self._closed.set()
+        group, self._group = self._group, None
+        if group is not None:
+            import torch.distributed as dist
+
+            try:
+                dist.destroy_process_group(group)
+            except Exception as exc:  # the default group may already be gone at interpreter exit
+                _log.debug("could not destroy the logging group: %s", exc)
 
     # -- failure handling ---------------------------------------------------------------------------------------
     def _wait(self, work: Any, call: CallInfo, op: str, timeout: float | None = None) -> None:
@@ -277,8 +300,7 @@ class Collectives:
 
     def _watch(self) -> None:
         posted = -1
-        while True:
-            time.sleep(self.presence_after / 2)
+        while not self._closed.wait(self.presence_after / 2):
             in_flight = self._in_flight
             if in_flight is None:
                 continue
@@ -310,28 +332,31 @@ class Collectives:
         key = self._presence_key()
 
         def read() -> None:
-            deadline = time.monotonic() + grace
-            present: set[int] = set()
-            while True:
-                if self._store.check([key]):
-                    present = {int(r) for r in self._store.get(key).decode().split(",") if r}
-                if len(present) >= self.world_size or time.monotonic() >= deadline:
-                    break
-                time.sleep(0.05)
-            result[0] = sorted(set(range(self.world_size)) - present)
+            try:
+                self._post_presence()
+                deadline = time.monotonic() + grace
+                present: set[int] = set()
+                while True:
+                    if self._store.check([key]):
+                        present = {int(r) for r in self._store.get(key).decode().split(",") if r}
+                    if len(present) >= self.world_size or time.monotonic() >= deadline:
+                        break
+                    time.sleep(0.05)
+                result[0] = sorted(set(range(self.world_size)) - present)
+            except Exception as exc:  # the store's host may be gone: the error message says so instead
+                _log.debug("could not read presence: %s", exc)
 
         reader = threading.Thread(target=read, name="sdxl-dist-log-presence", daemon=True)
         reader.start()
-        reader.join(grace + 2.0)  # the store itself may hang if its host died
+        reader.join(grace + 2.0)  # bounded: the store itself may hang if its host died
         return result[0]
 
     def _fail(self, kind: type[CollectiveError], what: str, call: CallInfo) -> None:
-        self._post_presence()
         absent = self._absent_ranks(grace=min(5.0, max(1.0, self.timeout / 10)))
         if absent:
             who = f"ranks {absent} did not reach it"
         elif absent == []:
-            who = "every rank reached it; a peer's connection failed"
+            who = "every rank reached it, but not in time: a peer gave up first or its connection failed"
         else:
             who = "the missing ranks could not be read from the store"
         error = kind(
@@ -346,10 +371,14 @@ class Collectives:
     def _check_in_step(self, headers: np.ndarray, call: CallInfo) -> None:
         sequence_ok = np.all(headers[:, SEQUENCE] == headers[0, SEQUENCE])
         kinds_ok = np.all(headers[:, KIND] == headers[0, KIND])
-        if sequence_ok and kinds_ok:  # different steps at the same call are the user's business, not a desync
+        # gloo pairs the n-th collective of every rank, so a skipped call of the same kind keeps sequence and kind
+        # aligned: only the steps can tell, when every rank passed one
+        steps = headers[:, STEP]
+        steps_ok = bool(np.any(steps < 0)) or bool(np.all(steps == steps[0]))
+        if sequence_ok and kinds_ok and steps_ok:
             return
         mine = headers[self.rank]
-        calls = [(h[SEQUENCE], h[KIND]) for h in headers]
+        calls = [(h[SEQUENCE], h[KIND], h[STEP]) for h in headers]
         majority = Counter(calls).most_common(1)[0][0]  # blame the ranks that differ from most, not from rank 0
         reference = calls.index(majority)
         odd = [r for r, c in enumerate(calls) if c != majority]
@@ -361,8 +390,12 @@ class Collectives:
             if r == reference or r in odd
         )
         bad = odd if odd else [self.rank]
-        reason = ("ranks are at different logging calls: one skipped or added a call" if not sequence_ok
-                  else "ranks made different logging calls")
+        if not sequence_ok:
+            reason = "ranks are at different logging calls: one skipped or added a call"
+        elif not kinds_ok:
+            reason = "ranks made different logging calls: one skipped or added a call"
+        else:
+            reason = "ranks are at different steps: one skipped or added a call"
         error = RanksOutOfStepError(
             f"{call} on rank {self.rank} (call #{int(mine[SEQUENCE])}): {reason}; {detail}. "
             "Logging collectives are off from here on; training is not affected.",

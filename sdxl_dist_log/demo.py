@@ -59,6 +59,8 @@ def train(
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     torch.manual_seed(1234 + rank)
     model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 1)).to(device)
+    if dist.is_initialized():  # data parallel: the ranks train one model, each on its own random batches
+        model = torch.nn.parallel.DistributedDataParallel(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     hyper = {"model": {"layers": [16, 32, 1]}, "optim": {"name": "sgd", "lr": 0.05}, "steps": steps}
     checkpoints = Path(out_dir) / "checkpoints"
@@ -66,7 +68,7 @@ def train(
     pointer = checkpoints / "last"
     if resume and pointer.exists():
         state = torch.load(checkpoints / pointer.read_text().strip(), map_location=device)
-        model.load_state_dict(state["model"])
+        _unwrapped(model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start = int(state["step"])
     run_dir: str | None = None
@@ -102,7 +104,8 @@ def train(
                     path = checkpoints / f"step_{step + 1}.pt"
                     if rank == 0:
                         checkpoints.mkdir(parents=True, exist_ok=True)
-                        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step + 1}
+                        state = {"model": _unwrapped(model).state_dict(), "optimizer": optimizer.state_dict(),
+                                 "step": step + 1}
                         torch.save(state, f"{path}.tmp")
                         os.replace(f"{path}.tmp", path)  # a kill mid-save never leaves a torn checkpoint
                         pointer.with_suffix(".tmp").write_text(path.name)
@@ -116,6 +119,10 @@ def train(
         if owns_group:
             dist.destroy_process_group()
     return run_dir
+
+
+def _unwrapped(model: Any) -> Any:
+    return getattr(model, "module", model)
 
 
 def _free_port() -> int:
@@ -149,12 +156,16 @@ def run_local(nproc: int, **kwargs: Any) -> str | None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nproc", type=int, default=2, help="ranks to spawn when not under a launcher (default 2)")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--out-dir", default="outputs/demo")
-    parser.add_argument("--mode", default="offline", choices=["online", "offline", "disabled"])
-    parser.add_argument("--system-metrics-interval", type=float, default=0.5)
+    parser.add_argument("--steps", type=int, default=20, help="training steps (default 20)")
+    parser.add_argument("--out-dir", default="outputs/demo",
+                        help="W&B run, checkpoints and logs go here (default outputs/demo)")
+    parser.add_argument("--mode", default="offline", choices=["online", "offline", "disabled"],
+                        help="W&B mode (default offline; online without a key falls back to offline)")
+    parser.add_argument("--system-metrics-interval", type=float, default=0.5,
+                        help="seconds between system samples (default 0.5)")
     parser.add_argument("--step-time", type=float, default=0.05, help="seconds of simulated work per step")
-    parser.add_argument("--async-metrics", action="store_true")
+    parser.add_argument("--async-metrics", action="store_true",
+                        help="run logging collectives on a background thread")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint under --out-dir")
 
 

@@ -42,6 +42,36 @@ def _json_value(value: Any) -> Any:
     return number if math.isfinite(number) else str(number)  # JSON has no NaN/inf; keep them readable
 
 
+class _ProgressAwareHandler(logging.StreamHandler):
+    """Console handler that prints above the progress bar instead of gluing lines onto it."""
+
+    def __init__(self, owner: UnifiedLogger) -> None:
+        super().__init__(sys.stderr)
+        self._owner = owner
+
+    def emit(self, record: logging.LogRecord) -> None:
+        bar = self._owner._bar
+        if bar is None:
+            super().emit(record)
+            return
+        try:
+            bar.write(self.format(record), file=self.stream)
+        except Exception:
+            self.handleError(record)
+
+
+def _json_values(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """JSON-ready values; tensors reach the host in one copy per device, not one ``float()`` sync per metric."""
+    from sdxl_dist_log.metrics import MetricValueError, pack_values
+
+    keys = [str(k) for k in metrics]
+    try:
+        values = pack_values({str(k): v for k, v in metrics.items()}, keys)
+    except MetricValueError:  # not all numeric: convert one by one (strings are fine in a local log)
+        return {str(k): _json_value(v) for k, v in metrics.items()}
+    return {k: _json_value(v) for k, v in zip(keys, values.tolist())}
+
+
 class UnifiedLogger:
     """Console + file logger with progress tracking, for every rank.
 
@@ -68,7 +98,7 @@ class UnifiedLogger:
         self.log_path: Path | None = None
         self.metrics_path: Path | None = None
         if cfg.console:
-            console = logging.StreamHandler(sys.stderr)
+            console = _ProgressAwareHandler(self)
             console.setLevel(cfg.level if self.is_primary or cfg.all_ranks_console else "WARNING")
             self._add(console, formatter, rank_filter)
         if cfg.file or cfg.metrics_file:
@@ -111,7 +141,7 @@ class UnifiedLogger:
     # -- metrics ------------------------------------------------------------------------------------------------
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         """Append one JSON line of this rank's metrics (local, not reduced) and log them at DEBUG."""
-        row = {"time": time.time(), "step": step, **{str(k): _json_value(v) for k, v in metrics.items()}}
+        row = {"time": time.time(), "step": step, **_json_values(metrics)}
         if self._metrics_file is not None:
             self._metrics_file.write(json.dumps(row) + "\n")
             self._metrics_file.flush()

@@ -78,10 +78,8 @@ class WandbLogger:
         self._log = logger if isinstance(logger, logging.Logger) else getattr(logger, "logger", None) or _log
         rank = rank_info or RankInfo.from_env(self._env)
         cfg = self.config
-        self._collectives = Collectives.create(
-            rank=rank.rank, world_size=rank.world_size, timeout=cfg.collective_timeout,
-            setup_timeout=2 * cfg.init_timeout + cfg.finish_timeout,
-        )
+        self._collectives = Collectives.create(rank=rank.rank, world_size=rank.world_size,
+                                               timeout=cfg.collective_timeout)
         if self._collectives.active:
             rank = rank.with_process_group(self._collectives.rank, self._collectives.world_size)
         elif rank.world_size > 1:
@@ -204,27 +202,30 @@ class WandbLogger:
             MetricKeyMismatchError: with ``strict_keys``, ranks passed different keys (raised on every rank).
             CollectiveError: ranks did not all reach the call within ``collective_timeout`` (named).
         """
-        self._dispatcher.raise_pending()
-        keys = tuple(sorted(metrics))
         error: Exception | None = None
         values = None
-        try:
+        try:  # any failure here must still reach the collective (as an error flag), or this rank skips it
+            keys = tuple(sorted(metrics))
             for key in keys:
                 if not isinstance(key, str) or not key:
                     raise MetricValueError(f"metric key {key!r} is not a non-empty string")
             plan = self._plan(keys, reduce)
             # async: the device-to-host copy is only started here; the background thread waits for it
             values = pack_values_deferred(metrics, keys, non_blocking=self._dispatcher.threaded)
-        except MetricValueError as exc:
-            error, plan = exc, MetricPlan(keys, tuple(resolve_reduce(keys, None)))
+        except Exception as exc:
+            error = exc if isinstance(exc, MetricValueError) else MetricValueError(f"{type(exc).__name__}: {exc}")
+            keys = tuple(sorted(map(str, metrics))) if isinstance(metrics, Mapping) else ()
+            plan = MetricPlan(keys, tuple(resolve_reduce(keys, None)))
         if error is not None and not self._collectives.active:
             raise error
         call = CallInfo("log_metrics", step)
         prefix = self.config.metric_prefix if prefix is None else prefix
         result: list[dict[str, float]] = []
-        self._dispatcher.submit(
-            lambda: result.append(self._reduce_and_log(plan, values() if values is not None else None, error, call, prefix, commit))
-        )
+        self._dispatcher.submit(lambda: result.append(
+            self._reduce_and_log(plan, values() if values is not None else None, error, call, prefix, commit)))
+        # a background job's error surfaces only after this call was queued: raising before it would make this rank
+        # skip a collective that the other ranks make
+        self._dispatcher.raise_pending()
         return result[0] if result else None
 
     def _plan(self, keys: tuple[str, ...], reduce: str | Mapping[str, str] | None) -> MetricPlan:
@@ -291,21 +292,22 @@ class WandbLogger:
             value_range: range of float images; ``WandbConfig.image_value_range`` when None.
 
         Returns:
-            The number of images logged in the run (on the primary; on other ranks, how many this rank sent).
+            The number of images logged in the run (on the primary; on other ranks, how many this rank sent);
+            0 with ``async_metrics``, where the gather happens later.
 
         Raises:
-            media.ImageInputError / ValueError: an image or the captions are invalid on some rank (every rank raises).
+            media.ImageInputError / ValueError / TypeError: an image or the captions are invalid on some rank (every
+                rank raises; on other ranks than the culprit, a ValueError naming it).
         """
-        self._dispatcher.raise_pending()
         cfg = self.config
         value_range = value_range or cfg.image_value_range
         error: Exception | None = None
         arrays: list[np.ndarray] = []
         names: list[str | None] = []
-        try:
+        try:  # any failure here must still reach the collective (as an error flag), or this rank skips it
             arrays = media.to_uint8_hwc(images, value_range=value_range) if _has_images(images) else []
             names = media.normalize_captions(captions, len(arrays))
-        except ValueError as exc:
+        except Exception as exc:
             error, arrays, names = exc, [], []
         if error is not None and not self._collectives.active:
             raise error
@@ -313,6 +315,7 @@ class WandbLogger:
         call = CallInfo("log_images", step)
         sent: list[int] = []
         self._dispatcher.submit(lambda: sent.append(self._gather_and_log_images(arrays, names, error, key, call)))
+        self._dispatcher.raise_pending()  # after queueing, as in log_metrics
         return sent[0] if sent else 0
 
     def _gather_and_log_images(
@@ -447,6 +450,7 @@ class WandbLogger:
             self._warn("queued logging did not finish within finish_timeout; the rest is dropped")
         if self._system is not None:
             self._system.stop(timeout=max(0.1, min(5.0, deadline - time.monotonic())))
+        self._collectives.close()
         self._restore_signal_handlers()
         self._backend.finish(exit_code, max(1.0, deadline - time.monotonic()))
         self._dispatcher.raise_pending()
@@ -474,6 +478,7 @@ class WandbLogger:
             self._previous_handlers[sig] = signal.signal(sig, self._on_preemption)
 
     def _on_preemption(self, signum: int, frame: FrameType | None) -> None:
+        previous = self._previous_handlers.get(signum)  # finish() restores and forgets the handlers
         self._warn(f"received {signal.Signals(signum).name}: marking the run as preempting and finishing it")
         try:
             if self.is_primary:
@@ -481,7 +486,6 @@ class WandbLogger:
             self.finish(exit_code=1)
         except Exception as exc:
             self._log.error("finishing on %s failed: %s", signal.Signals(signum).name, exc)
-        previous = self._previous_handlers.get(signum)
         signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
         if callable(previous):
             previous(signum, frame)
@@ -518,7 +522,7 @@ class WandbLogger:
     def _log_system_row(self, row: Mapping[str, float]) -> None:
         with self._lock:
             self._record_hostnames()
-            self._backend.log_row(dict(row), self._last_step)
+            self._backend.log_side_row(dict(row), self._last_step)
 
     def _record_hostnames(self) -> None:
         """Put the node -> host map into the run config whenever a node is seen for the first time."""

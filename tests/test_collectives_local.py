@@ -142,9 +142,17 @@ def test_check_in_step_different_kinds() -> None:
     assert "rank 0: log_metrics at step 10" in message
 
 
-def test_check_in_step_different_steps_at_the_same_call_are_not_a_desync() -> None:
+def test_check_in_step_different_steps_are_a_skipped_call() -> None:
+    # gloo pairs the n-th collective of each rank: a rank that skipped a log_metrics call is one step ahead
+    c = Collectives(rank=0, world_size=3)
+    with pytest.raises(RanksOutOfStepError, match="ranks are at different steps") as info:
+        c._check_in_step(_headers((4, 2, 100), (4, 2, 101), (4, 2, 100)), CallInfo("log_metrics", 100))
+    assert info.value.ranks == [1]
+
+
+def test_check_in_step_without_steps_cannot_compare_them() -> None:
     c = Collectives(rank=0, world_size=2)
-    c._check_in_step(_headers((4, 2, 100), (4, 2, 101)), CallInfo("log_metrics", 100))
+    c._check_in_step(_headers((4, 2, -1), (4, 2, 101)), CallInfo("log_metrics"))
     assert c.failure is None
 
 

@@ -412,3 +412,65 @@ def test_every_gpu_of_every_simulated_node_reaches_the_run_with_hostnames(tmp_pa
     assert row["trainer/step"] >= 0  # system rows carry the training step, so W&B never drops them
     hosts = run.config["sdxl_dist_log"]["hostnames"]
     assert set(hosts) == {"node0", "node1"}
+
+
+def test_a_rank_that_skips_a_call_of_the_same_kind_is_caught_by_the_step(tmp_path: Path) -> None:
+    # gloo pairs the n-th collective of every rank: without the step check, rank 0's step 1 would be averaged
+    # with rank 1's step 2, a silently wrong mean
+    def body(rank: int):
+        from sdxl_dist_log.collectives import RanksOutOfStepError
+
+        with make_logger(str(tmp_path)) as wb:
+            wb.log_metrics({"loss": 1.0}, step=0)
+            try:
+                for step in (1, 2) if rank == 0 else (2,):
+                    wb.log_metrics({"loss": float(step)}, step=step)
+            except RanksOutOfStepError as exc:
+                return exc.ranks
+            return None
+
+    assert assert_all_ok(run_ranks(body, 2)) == [[1], [1]]
+    assert [r["trainer/step"] for r in only_run(tmp_path).rows_with("metrics/loss")] == [0]
+
+
+def test_async_errors_never_make_one_rank_skip_a_call(tmp_path: Path) -> None:
+    def body(rank: int):
+        from sdxl_dist_log.metrics import MetricValueError
+
+        errors = 0
+        with make_logger(str(tmp_path), async_metrics=True) as wb:
+            for step in range(4):
+                if rank == 0:
+                    time.sleep(0.3)  # rank 1's worker reports the error long before rank 0's does
+                try:
+                    wb.log_metrics({"loss": "bad" if (rank == 1 and step == 0) else float(10 * step + rank)},
+                                   step=step)
+                except MetricValueError:
+                    errors += 1
+            try:
+                wb.finish()
+            except MetricValueError:
+                errors += 1
+        return errors
+
+    assert assert_all_ok(run_ranks(body, 2)) == [1, 1]
+    rows = only_run(tmp_path).rows_with("metrics/loss")
+    assert [(r["trainer/step"], r["metrics/loss"]) for r in rows] == [(1, 10.5), (2, 20.5), (3, 30.5)]
+
+
+def test_preemption_runs_the_handler_that_was_there_before(tmp_path: Path) -> None:
+    def body(rank: int):
+        import os
+        import signal
+
+        seen: list[int] = []
+        signal.signal(signal.SIGUSR1, lambda signum, frame: seen.append(signum))  # e.g. submitit's checkpoint
+        wb = make_logger(str(tmp_path))
+        wb.handle_preemption()
+        wb.log_metrics({"loss": 1.0}, step=0)
+        os.kill(os.getpid(), signal.SIGUSR1)
+        time.sleep(0.2)
+        return seen
+
+    assert assert_all_ok(run_ranks(body, 1, init=False)) == [[10]]
+    assert only_run(tmp_path).preempting

@@ -86,6 +86,7 @@ def logging_task(out_dir: str, marker: str, wait_s: float = 45.0) -> dict:
             wb.log_metrics({"loss": float(rank + step)}, step=step)
         identity = wb.identity
         if attempt == 1:
+            time.sleep(1.0)  # past flush_interval: the requeue kills wandb-core, and only flushed rows survive it
             if rank == 0:
                 Path(marker).write_text("logged")
             time.sleep(wait_s)  # the test requeues the job meanwhile

@@ -26,7 +26,7 @@ def _logger(tmp_path: Path, rank: int = 0, **cfg) -> UnifiedLogger:
 
 
 def _console(log: UnifiedLogger) -> logging.Handler:
-    [handler] = [h for h in log._handlers if type(h) is logging.StreamHandler]
+    [handler] = [h for h in log._handlers if not isinstance(h, logging.FileHandler)]
     assert handler in log.logger.handlers
     return handler
 

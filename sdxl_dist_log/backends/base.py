@@ -48,6 +48,9 @@ class Backend(Protocol):
     def log_row(self, data: Mapping[str, Any], step: int | None, commit: bool = True) -> None:
         """Write one row of values at ``step`` (the last step when None); ``commit=False`` keeps them for the next."""
 
+    def log_side_row(self, data: Mapping[str, Any], step: int | None) -> None:
+        """Write a row of its own (system figures), leaving values pending from ``commit=False`` alone."""
+
     def log_images(
         self, key: str, images: Sequence[np.ndarray], captions: Sequence[str | None], step: int | None
     ) -> None:
@@ -75,6 +78,9 @@ class NullBackend:
     """The backend of every non-primary rank (and of ``mode="disabled"``): it does nothing, by design."""
 
     def log_row(self, data: Mapping[str, Any], step: int | None, commit: bool = True) -> None:
+        pass
+
+    def log_side_row(self, data: Mapping[str, Any], step: int | None) -> None:
         pass
 
     def log_images(

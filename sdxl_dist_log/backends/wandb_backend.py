@@ -73,16 +73,25 @@ class WandbBackend:
             row[self._step_metric] = self._last_step
             self._guarded("log", lambda: self._run.log(row))
 
+    def log_side_row(self, data: Mapping[str, Any], step: int | None) -> None:
+        """Write a row of its own (system figures) at ``step``, leaving values pending from ``commit=False`` alone."""
+        with self._lock:
+            row = {**data, self._step_metric: self._last_step if step is None else step}
+            self._guarded("log", lambda: self._run.log(row))
+
     def log_images(
         self, key: str, images: Sequence[np.ndarray], captions: Sequence[str | None], step: int | None
     ) -> None:
         import wandb
 
-        pictures = [
-            wandb.Image(image[:, :, 0] if image.shape[2] == 1 else image, caption=caption)
-            for image, caption in zip(images, captions)
-        ]
-        self.log_row({key: pictures}, step)
+        pictures: list[Any] = []
+
+        def encode() -> None:  # PNG encoding can fail too (disk full): never into training
+            pictures.extend(wandb.Image(image[:, :, 0] if image.shape[2] == 1 else image, caption=caption)
+                            for image, caption in zip(images, captions))
+
+        if self._guarded("image encoding", encode):
+            self.log_row({key: pictures}, step)
 
     def log_artifact(
         self, path: str, *, name: str, type: str, aliases: Sequence[str], metadata: Mapping[str, Any]
@@ -115,6 +124,11 @@ class WandbBackend:
             self.flush()
             self._guarded("finish", lambda: self._run.finish(exit_code=exit_code))
 
+        if self._lock._is_owned():  # type: ignore[attr-defined]
+            # a signal handler interrupted this thread inside a W&B call: a helper thread would wait forever for the
+            # lock this thread holds, so close here (W&B's own finish_timeout bounds it)
+            close()
+            return
         closer = threading.Thread(target=close, name="sdxl-dist-log-finish", daemon=True)
         closer.start()
         closer.join(timeout)
