@@ -114,7 +114,6 @@ def main() -> int:
                 wb.log_metrics(metrics, step=0)
             step = iter(range(1, 10**6))
             syncs, median_us, threads = count_syncs(lambda: wb.log_metrics(metrics, step=next(step)), args.iters)
-            drained = time.perf_counter()
         results[label] = (syncs, median_us, threads)
         print(f"    {label:<28} {syncs:5.2f} syncs/call on the training thread  {median_us:8.1f} us/call  "
               f"(syncs by thread over {args.iters} calls: {threads})")
