@@ -156,6 +156,11 @@ class WandbLogger:
 
                 store = dist.HashStore()
             cuda_device = _current_cuda_device()
+            local_rank = self.rank_info.local_rank
+            if cuda_device == 0 and local_rank > 0 and _cuda_device_count() > local_rank:
+                self._warn(f"rank {self.rank_info.rank} (local rank {local_rank}) is on cuda:0: call "
+                           "torch.cuda.set_device(local_rank) before building WandbLogger, or its GPU figures are "
+                           "those of cuda:0")
             system = sysstats.SystemMetrics(
                 self.rank_info,
                 store,
@@ -389,7 +394,10 @@ class WandbLogger:
         name: str | None = None,
         type: str = "model",
     ) -> bool:
-        """Upload a checkpoint file or directory as a new version of one artifact. Primary only; never blocks others.
+        """Upload a checkpoint file or directory as a new version of one artifact. Primary only; no collective.
+
+        Other ranks do not wait for this call, but the primary hashes and stages the files before it returns, so a
+        large checkpoint delays the primary's next logging collective (and so the others' at that call).
 
         Successive calls make versions v0, v1, ... of the artifact ``name`` (default ``checkpoint_prefix``).
         ``log_model=False`` makes this a no-op, and ``log_checkpoints=False`` skips calls without a "best" or "final"
@@ -559,6 +567,12 @@ def _artifact_name(name: str) -> str:
     if not cleaned:
         raise ValueError(f"artifact name {name!r} has no usable characters")
     return cleaned
+
+
+def _cuda_device_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def _current_cuda_device() -> int | None:
