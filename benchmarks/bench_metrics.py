@@ -41,7 +41,6 @@ import multiprocessing as mp
 import os
 import platform
 import queue as queue_module
-import socket
 import statistics
 import sys
 import tempfile
@@ -58,6 +57,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
+
+from sdxl_dist_log.launch.ports import free_port  # noqa: E402
 
 # ------------------------------------------------------------------------------------------------------------------
 # Shared helpers (bench_images.py imports these)
@@ -121,12 +122,6 @@ def check_device_args(parser: argparse.ArgumentParser, args: argparse.Namespace)
             parser.error(f"--backend nccl needs a GPU per rank: {count} visible, --ranks {args.ranks}")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _child(fn: Callable[..., Any], rank: int, world: int, port: int, backend: str, device: str, env: dict[str, str],
            payload: Any, out: Any) -> None:
     os.environ.update(env)
@@ -169,7 +164,7 @@ def run_world(fn: Callable[..., Any], world: int, payload: Any, *, backend: str 
     """
     ctx = mp.get_context(start_method or ("spawn" if device == "cuda" else "fork"))
     out = ctx.Queue()
-    port = _free_port()
+    port = free_port()
     procs = [ctx.Process(target=_child, args=(fn, r, world, port, backend, device, env or {}, payload, out))
              for r in range(world)]
     for proc in procs:

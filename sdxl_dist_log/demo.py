@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sdxl_dist_log.config import LogConfig, WandbConfig
+from sdxl_dist_log.launch.ports import free_port
 
 
 def train(
@@ -125,12 +125,6 @@ def _unwrapped(model: Any) -> Any:
     return getattr(model, "module", model)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _spawned_rank(rank: int, world_size: int, port: int, result_file: str, kwargs: dict[str, Any]) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
                       LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -149,7 +143,7 @@ def run_local(nproc: int, **kwargs: Any) -> str | None:
 
     with tempfile.TemporaryDirectory() as tmp:
         result = os.path.join(tmp, "run_dir")
-        mp.start_processes(_spawned_rank, args=(nproc, _free_port(), result, kwargs), nprocs=nproc,
+        mp.start_processes(_spawned_rank, args=(nproc, free_port(), result, kwargs), nprocs=nproc,
                            start_method="spawn")
         return Path(result).read_text() if os.path.exists(result) else None
 

@@ -207,7 +207,8 @@ def pack_values_deferred(
         return out
 
     if not non_blocking:
-        resolve()
+        resolved = resolve()
+        return lambda: resolved
     return resolve
 
 

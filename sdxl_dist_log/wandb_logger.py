@@ -7,6 +7,7 @@ run on the primary rank, a ``NullBackend`` elsewhere), a ``Dispatcher`` (inline,
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -20,7 +21,7 @@ import numpy as np
 
 from sdxl_dist_log import media
 from sdxl_dist_log.backends.base import Backend, NullBackend, RunIdentity
-from sdxl_dist_log.collectives import CallInfo, CollectiveError, Collectives
+from sdxl_dist_log.collectives import CallInfo, Collectives
 from sdxl_dist_log.config import ConfigError, WandbConfig
 from sdxl_dist_log.dispatch import Dispatcher
 from sdxl_dist_log.launch.naming import derive_group, derive_job_type, derive_run_id, resume_mode
@@ -74,7 +75,6 @@ class WandbLogger:
     ) -> None:
         self.config = config if isinstance(config, WandbConfig) else WandbConfig.from_dict(config or {})
         self._env: Mapping[str, str] = os.environ if env is None else env
-        self._unified = logger
         self._log = logger if isinstance(logger, logging.Logger) else getattr(logger, "logger", None) or _log
         rank = rank_info or RankInfo.from_env(self._env)
         cfg = self.config
@@ -128,8 +128,7 @@ class WandbLogger:
                                                         logger=self._log)
             except Exception as exc:  # even the offline init failed (disk full, ...): train on, log nothing
                 self._warn(f"W&B run could not be started ({type(exc).__name__}: {exc}); logging is disabled")
-                identity = RunIdentity(**{**proposed.to_json(), "tags": proposed.tags, "mode": "disabled",
-                                          "fallback_reason": str(exc)})
+                identity = dataclasses.replace(proposed, mode="disabled", fallback_reason=str(exc))
             proposal = identity.to_json()
         # Every rank learns the outcome (mode after any fallback), so no rank waits longer than the primary's bound.
         shared = self._collectives.broadcast_json(
@@ -144,7 +143,7 @@ class WandbLogger:
 
     def _start_system_metrics(self) -> Any:
         cfg = self.config
-        if not cfg.log_system_metrics or self.identity.mode == "disabled" and not self._collectives.active:
+        if not cfg.log_system_metrics or self.identity.mode == "disabled":  # every rank knows the mode by now
             return None
         try:
             from sdxl_dist_log import sysstats
@@ -344,20 +343,18 @@ class WandbLogger:
             self._warn(f"{call}: {sum(offered)} images offered, logging {cap} (max_images_to_log); "
                        f"per rank {shares}", once_key="image-cap")
         tables = rows[:, 2:].reshape(len(rows), cap, 4) if cap else np.zeros((len(rows), 0, 4))
-
-        def nbytes(r: int) -> int:
-            t = tables[r, : shares[r]]
-            return int(sum(int(h * w * c) + max(int(n), 0) for h, w, c, n in t))
-
+        # each rank sends its share: the images packed by media's transport format, then the UTF-8 captions
+        shapes = [tables[r, : shares[r], :3].astype(np.int64) for r in range(len(rows))]
+        caption_lengths = [[int(n) for n in tables[r, : shares[r], 3]] for r in range(len(rows))]
+        sizes = [media.transport_nbytes(shapes[r]) + sum(max(n, 0) for n in caption_lengths[r])
+                 for r in range(len(rows))]
         mine = shares[self.rank_info.rank if self._collectives.active else 0]
+        _, image_bytes = media.encode_for_transport(described[:mine])
         payload = np.concatenate(
-            [a.reshape(-1) for a in described[:mine]]
-            + [np.frombuffer(c, np.uint8) for c in encoded_captions[:mine] if c is not None]
-            + [np.empty(0, np.uint8)]
+            [image_bytes] + [np.frombuffer(c, np.uint8) for c in encoded_captions[:mine] if c is not None]
         )
         if self._collectives.active:
-            buffers = self._collectives.gather_bytes(payload, [nbytes(r) for r in range(len(rows))],
-                                                     dst=self.config.primary_rank, call=call)
+            buffers = self._collectives.gather_bytes(payload, sizes, dst=self.config.primary_rank, call=call)
         else:
             buffers = [payload]
         if not self.is_primary:
@@ -366,17 +363,13 @@ class WandbLogger:
         names: list[str | None] = []
         several = len(rows) > 1
         for r, buffer in enumerate(buffers):
-            t = tables[r, : shares[r]]
-            offset = 0
-            for h, w, c, _ in t:
-                size = int(h * w * c)
-                images.append(buffer[offset : offset + size].reshape(int(h), int(w), int(c)))
-                offset += size
-            for _, _, _, n in t:
-                text = None if n < 0 else bytes(buffer[offset : offset + int(n)]).decode()
-                offset += max(int(n), 0)
-                names.append(f"[rank {r}] {text}" if several and text is not None else
-                             (f"[rank {r}]" if several else text))
+            offset = media.transport_nbytes(shapes[r])
+            images += media.decode_from_transport(shapes[r], buffer[:offset])
+            label = f"[rank {r}]" if several else None
+            for n in caption_lengths[r]:
+                text = None if n < 0 else bytes(buffer[offset : offset + n]).decode()
+                offset += max(n, 0)
+                names.append(" ".join(part for part in (label, text) if part is not None) or None)
         self._warn_if_degraded(call)
         if images:
             with self._lock:
@@ -583,4 +576,4 @@ def _current_cuda_device() -> int | None:
     return torch.cuda.current_device()
 
 
-__all__ = ["WandbLogger", "CollectiveError"]
+__all__ = ["WandbLogger"]

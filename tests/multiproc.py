@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import socket
 import sys
 import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
+
+from sdxl_dist_log.launch.ports import free_port
 
 
 @dataclass
@@ -29,12 +30,6 @@ class RankResult:
     @property
     def ok(self) -> bool:
         return self.error_type is None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _child(fn: Callable[[int], Any], rank: int, world: int, port: int, init: bool, env: Mapping[str, str],

@@ -7,7 +7,6 @@ import json
 import logging
 import math
 import os
-import socket
 import threading
 import time
 from datetime import timedelta
@@ -27,6 +26,7 @@ from sdxl_dist_log.fake_nvml import (
     fake_nvml_from_env,
     parse_fake_nvml_spec,
 )
+from sdxl_dist_log.launch.ports import free_port
 from sdxl_dist_log.ranks import RankInfo
 from sdxl_dist_log.sysstats import (
     GpuIdentity,
@@ -539,16 +539,10 @@ def _worker(rank: int, port: int, out_dir: str, scenario: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _run_three_ranks(tmp_path: Path, scenario: str) -> list[dict[str, Any]]:
     import torch.multiprocessing as mp
 
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path), scenario), nprocs=3, join=True)
+    mp.spawn(_worker, args=(free_port(), str(tmp_path), scenario), nprocs=3, join=True)
     return [json.loads(Path(tmp_path, f"rank{r}.json").read_text()) for r in range(3)]
 
 

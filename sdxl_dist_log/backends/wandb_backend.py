@@ -8,6 +8,7 @@ the last flush interval held.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import logging
 import os
@@ -166,7 +167,7 @@ def start_backend(
     """
     log = logger or _log
     if config.mode == "disabled":
-        return NullBackend(), _with(proposed, mode="disabled")
+        return NullBackend(), dataclasses.replace(proposed, mode="disabled")
     import wandb
 
     os.makedirs(config.dir, exist_ok=True)
@@ -188,10 +189,10 @@ def start_backend(
         mode = config.fallback_mode
         log.warning("W&B run %s: %s; logging %s instead", proposed.run_id, reason, mode)
         if mode == "disabled":
-            return NullBackend(), _with(proposed, mode="disabled", fallback_reason=reason)
+            return NullBackend(), dataclasses.replace(proposed, mode="disabled", fallback_reason=reason)
     wandb.setup(wandb.Settings(mode="offline"))  # keeps wandb from reporting errors over the network at exit
     backend, identity = _init(config, proposed, run_config, resume, "offline", log)
-    return backend, _with(identity, fallback_reason=reason)
+    return backend, dataclasses.replace(identity, fallback_reason=reason)
 
 
 def _remove_failed_attempt(root: str, run_id: str, since: float) -> None:
@@ -199,10 +200,6 @@ def _remove_failed_attempt(root: str, run_id: str, since: float) -> None:
     for path in glob.glob(os.path.join(root, "wandb", f"run-*-{glob.escape(run_id)}")):
         if os.path.getmtime(path) >= since - 1.0:
             shutil.rmtree(path, ignore_errors=True)
-
-
-def _with(identity: RunIdentity, **changes: Any) -> RunIdentity:
-    return RunIdentity.from_json({**identity.to_json(), **changes})
 
 
 def _init(
@@ -233,4 +230,4 @@ def _init(
     )
     backend = WandbBackend(run, step_metric=config.step_metric, logger=logger)
     run_dir = os.path.abspath(os.path.dirname(run.dir.rstrip("/"))) if run.dir else None
-    return backend, _with(proposed, mode=mode, run_dir=run_dir)
+    return backend, dataclasses.replace(proposed, mode=mode, run_dir=run_dir)

@@ -22,7 +22,6 @@ import random
 import runpy
 import shutil
 import signal
-import socket
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -30,6 +29,8 @@ from typing import Any
 
 import submitit
 from submitit.helpers import Checkpointable
+
+from sdxl_dist_log.launch.ports import free_port
 
 __all__ = [
     "DistributedTask",
@@ -309,12 +310,6 @@ class ScriptTask:
 # --------------------------------------------------------------------------------------------------------------------
 # submission
 # --------------------------------------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def submit(
     fn: Callable[..., Any],
     *args: Any,
@@ -395,7 +390,7 @@ def submit(
         ex.update_parameters(
             tasks_per_node=tasks_per_node, gpus_per_node=gpus_per_node, timeout_min=timeout_min, nodes=1
         )
-        master_port = _free_port() if tasks_per_node > 1 else None
+        master_port = free_port() if tasks_per_node > 1 else None
     task_cls = DistributedTask if checkpointable else PlainDistributedTask
     task = task_cls(fn, args, kwargs, master_port=master_port)
     # a job submitted from inside another job must not inherit its SLURM_*/SUBMITIT_*/RANK/... variables
