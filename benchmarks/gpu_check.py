@@ -66,8 +66,8 @@ def main() -> int:
 
     import torch
     import torch.distributed as dist
-
     import wandb
+
     from sdxl_dist_log import WandbConfig, WandbLogger
     from sdxl_dist_log.offline import read_run
 

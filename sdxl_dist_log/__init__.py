@@ -15,28 +15,43 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+_ERRORS = ("CollectiveError", "CollectiveTimeoutError", "ConfigError", "ImageInputError", "LoggingInputError",
+           "MetricKeyMismatchError", "MetricValueError", "RankEnvironmentError", "RanksOutOfStepError",
+           "SdxlDistLogError", "WandbFileError")
 _EXPORTS = {
     "WandbConfig": "sdxl_dist_log.config",
     "LogConfig": "sdxl_dist_log.config",
-    "ConfigError": "sdxl_dist_log.config",
+    "Launch": "sdxl_dist_log.ranks",
     "RankInfo": "sdxl_dist_log.ranks",
+    "RunIdentity": "sdxl_dist_log.identity",
     "WandbLogger": "sdxl_dist_log.wandb_logger",
     "UnifiedLogger": "sdxl_dist_log.unified",
-    "CollectiveError": "sdxl_dist_log.collectives",
-    "CollectiveTimeoutError": "sdxl_dist_log.collectives",
-    "MetricKeyMismatchError": "sdxl_dist_log.metrics",
     "Reduce": "sdxl_dist_log.metrics",
     "read_run": "sdxl_dist_log.offline",
+    **{name: "sdxl_dist_log.errors" for name in _ERRORS},
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
 if TYPE_CHECKING:
-    from sdxl_dist_log.collectives import CollectiveError, CollectiveTimeoutError
-    from sdxl_dist_log.config import ConfigError, LogConfig, WandbConfig
-    from sdxl_dist_log.metrics import MetricKeyMismatchError, Reduce
+    from sdxl_dist_log.config import LogConfig, WandbConfig
+    from sdxl_dist_log.errors import (
+        CollectiveError,
+        CollectiveTimeoutError,
+        ConfigError,
+        ImageInputError,
+        LoggingInputError,
+        MetricKeyMismatchError,
+        MetricValueError,
+        RankEnvironmentError,
+        RanksOutOfStepError,
+        SdxlDistLogError,
+        WandbFileError,
+    )
+    from sdxl_dist_log.identity import RunIdentity
+    from sdxl_dist_log.metrics import Reduce
     from sdxl_dist_log.offline import read_run
-    from sdxl_dist_log.ranks import RankInfo
+    from sdxl_dist_log.ranks import Launch, RankInfo
     from sdxl_dist_log.unified import UnifiedLogger
     from sdxl_dist_log.wandb_logger import WandbLogger
 

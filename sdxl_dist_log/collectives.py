@@ -6,12 +6,9 @@ The logger runs its collectives on a gloo group of its own, created once when th
 - the values are tiny (one float64 row per rank), so CPU transport costs less than the host copy it saves.
 
 Every collective is bounded by ``timeout``. A rank that has waited ``presence_after`` seconds posts its presence to
-the process group's key-value store; when the wait fails, the ranks that never posted are named in the error. Every
-gathered row starts with (sequence number, call kind, step, length), so a rank that skipped a call is caught in the
-next one instead of silently pairing its values with another call's. Rows travel in one frame size, the same on every
-rank whatever the call: gloo aborts the whole process when ranks pass different sizes, so a skipped call must never
-become a size mismatch. After any failure the group is closed for logging:
-later calls reduce nothing and say so once, and training goes on.
+the process group's key-value store; when the wait fails, the ranks that never posted are named in the error. Rows
+travel in frames with a call header (``framing.py``), so a rank that skipped a call is caught in the next one. After
+any failure the group is closed for logging: later calls reduce nothing and say so once, and training goes on.
 
 Without an initialized process group every operation is the identity on this rank's data.
 """
@@ -21,71 +18,38 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import sys
 import threading
 import time
-from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 import numpy as np
 
+from sdxl_dist_log.errors import CollectiveError, CollectiveTimeoutError
+from sdxl_dist_log.framing import CALL_HEADER, INITIAL_FRAME, LENGTH, CallInfo, build_frame, grown_frame, out_of_step
+from sdxl_dist_log.ranks import RankInfo
+
 _log = logging.getLogger("sdxl_dist_log")
 _instance_numbers = itertools.count()  # same on every rank: loggers are built in the same order everywhere
 
-SEQUENCE, KIND, STEP, LENGTH = 0, 1, 2, 3
-CALL_HEADER = 4
-INITIAL_FRAME = 128  # float64 values per rank and gather; grows (in lockstep on all ranks) when a row needs more
-_KINDS = {"init": 1, "log_metrics": 2, "log_images": 3, "log_model": 4, "log_config": 5, "finish": 6}
+def placed_by_process_group(rank: RankInfo) -> RankInfo:
+    """``rank`` with rank and world size taken from torch.distributed's default group, when one is initialized.
 
-
-@dataclass(frozen=True)
-class CallInfo:
-    """What a collective belongs to, for matching across ranks and for error messages."""
-
-    name: str
-    step: int | None = None
-
-    def __str__(self) -> str:
-        return self.name if self.step is None else f"{self.name} at step {self.step}"
-
-    @property
-    def kind(self) -> int:
-        return _KINDS.get(self.name, 0)
-
-
-class CollectiveError(RuntimeError):
-    """A logging collective failed; logging on this group is closed, training may go on.
-
-    Attributes:
-        call: the call that failed, e.g. "log_metrics at step 1200".
-        ranks: the ranks at fault (missing or out of step), when known.
+    Never imports torch: a process that has not imported torch.distributed has no group.
     """
-
-    def __init__(self, message: str, *, call: str = "", ranks: Sequence[int] = ()) -> None:
-        super().__init__(message)
-        self.call = call
-        self.ranks = list(ranks)
-
-
-class CollectiveTimeoutError(CollectiveError):
-    """Some ranks did not reach a logging call within the timeout."""
-
-
-class RanksOutOfStepError(CollectiveError):
-    """Ranks reached different logging calls: one skipped or added a call."""
-
-
-def _describe_kind(kind: int) -> str:
-    return next((name for name, k in _KINDS.items() if k == kind), f"call kind {kind}")
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not (dist.is_available() and dist.is_initialized()):
+        return rank
+    return rank.with_process_group(dist.get_rank(), dist.get_world_size())
 
 
 class Collectives:
     """Logging collectives over one gloo group, each bounded in time.
 
     Build it with ``Collectives.create`` on every rank at the same point (it creates a process group when
-    torch.distributed is initialized). ``counts`` tallies the collectives issued, for tests and benchmarks.
+    torch.distributed is initialized).
     """
 
     def __init__(
@@ -112,7 +76,6 @@ class Collectives:
         self._closed = threading.Event()
         self._broadcasts = 0
         self.failure: CollectiveError | None = None
-        self.counts: Counter[str] = Counter()
 
     @classmethod
     def create(cls, *, rank: int, world_size: int, timeout: float) -> Collectives:
@@ -170,7 +133,7 @@ class Collectives:
         gathered = self._gather_frame(row, call)
         longest = int(np.max(gathered[:, LENGTH]))
         if longest > self.frame:
-            self.frame = 1 << (longest - 1).bit_length()
+            self.frame = grown_frame(longest, self.frame)
             gathered = self._gather_frame(row, call)
         return gathered[:, CALL_HEADER : CALL_HEADER + longest]
 
@@ -179,15 +142,12 @@ class Collectives:
         import torch.distributed as dist
 
         self._sequence += 1
-        send = np.full(CALL_HEADER + self.frame, np.nan, dtype=np.float64)
-        send[:CALL_HEADER] = (self._sequence, call.kind, -1 if call.step is None else call.step, len(row))
-        fits = min(len(row), self.frame)
-        send[CALL_HEADER : CALL_HEADER + fits] = row[:fits]
+        send = build_frame(row, sequence=self._sequence, call=call, frame=self.frame)
         out = torch.empty(self.world_size * send.size, dtype=torch.float64)
         # torch 2.13 renamed all_gather_into_tensor to all_gather_single (the old name warns there); older torch has
         # only the old name
         gather_flat = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-        self._wait(gather_flat(out, torch.from_numpy(send), group=self._group, async_op=True), call, "all_gather")
+        self._wait(gather_flat(out, torch.from_numpy(send), group=self._group, async_op=True), call)
         gathered = out.numpy().reshape(self.world_size, -1)
         self._check_in_step(gathered[:, :CALL_HEADER], call)
         return gathered
@@ -199,7 +159,7 @@ class Collectives:
         import torch.distributed as dist
 
         out: list[Any] = [None] * self.world_size
-        self._guard(lambda: dist.all_gather_object(out, obj, group=self._group), call, "all_gather_object")
+        self._guard(lambda: dist.all_gather_object(out, obj, group=self._group), call)
         return out
 
     def gather_bytes(self, payload: np.ndarray, sizes: Sequence[int], dst: int, call: CallInfo) -> list[np.ndarray]:
@@ -226,7 +186,7 @@ class Collectives:
         gather_list = [torch.empty(longest, dtype=torch.uint8) for _ in sizes] if self.rank == dst else None
         self._sequence += 1
         work = dist.gather(send, gather_list, dst=dst, group=self._group, async_op=True)
-        self._wait(work, call, "gather")
+        self._wait(work, call)
         if gather_list is None:
             return []
         return [t.numpy()[:n] for t, n in zip(gather_list, sizes)]
@@ -246,7 +206,6 @@ class Collectives:
         if not self.active:
             return obj
         limit = self.timeout if timeout is None else timeout
-        self.counts["broadcast"] += 1
         self._broadcasts += 1
         key = f"{self.namespace}/broadcast/{self._broadcasts}"
         if self.rank == src:
@@ -277,10 +236,9 @@ class Collectives:
                 _log.debug("could not destroy the logging group: %s", exc)
 
     # -- failure handling ---------------------------------------------------------------------------------------
-    def _wait(self, work: Any, call: CallInfo, op: str, timeout: float | None = None) -> None:
+    def _wait(self, work: Any, call: CallInfo, timeout: float | None = None) -> None:
         # A plain bounded wait: nothing per call but two attribute writes. Presence for the error message is posted
         # by the watchdog thread, only for calls still waiting after presence_after seconds.
-        self.counts[op] += 1
         limit = self.timeout if timeout is None else timeout
         self._ensure_watchdog()
         self._in_flight = (self._sequence, time.monotonic())
@@ -309,8 +267,7 @@ class Collectives:
                 self._post_presence(sequence)
                 posted = sequence
 
-    def _guard(self, fn: Any, call: CallInfo, op: str) -> None:
-        self.counts[op] += 1
+    def _guard(self, fn: Any, call: CallInfo) -> None:
         self._sequence += 1
         try:
             fn()
@@ -367,40 +324,8 @@ class Collectives:
         )
         self.failure = error
         raise error
-
     def _check_in_step(self, headers: np.ndarray, call: CallInfo) -> None:
-        sequence_ok = np.all(headers[:, SEQUENCE] == headers[0, SEQUENCE])
-        kinds_ok = np.all(headers[:, KIND] == headers[0, KIND])
-        # gloo pairs the n-th collective of every rank, so a skipped call of the same kind keeps sequence and kind
-        # aligned: only the steps can tell, when every rank passed one
-        steps = headers[:, STEP]
-        steps_ok = bool(np.any(steps < 0)) or bool(np.all(steps == steps[0]))
-        if sequence_ok and kinds_ok and steps_ok:
-            return
-        mine = headers[self.rank]
-        calls = [(h[SEQUENCE], h[KIND], h[STEP]) for h in headers]
-        majority = Counter(calls).most_common(1)[0][0]  # blame the ranks that differ from most, not from rank 0
-        reference = calls.index(majority)
-        odd = [r for r, c in enumerate(calls) if c != majority]
-        detail = ", ".join(
-            f"rank {r}: {_describe_kind(int(h[KIND]))}"
-            + ("" if h[STEP] < 0 else f" at step {int(h[STEP])}")
-            + f" (logging call #{int(h[SEQUENCE])})"
-            for r, h in enumerate(headers)
-            if r == reference or r in odd
-        )
-        bad = odd if odd else [self.rank]
-        if not sequence_ok:
-            reason = "ranks are at different logging calls: one skipped or added a call"
-        elif not kinds_ok:
-            reason = "ranks made different logging calls: one skipped or added a call"
-        else:
-            reason = "ranks are at different steps: one skipped or added a call"
-        error = RanksOutOfStepError(
-            f"{call} on rank {self.rank} (call #{int(mine[SEQUENCE])}): {reason}; {detail}. "
-            "Logging collectives are off from here on; training is not affected.",
-            call=str(call),
-            ranks=bad,
-        )
-        self.failure = error
-        raise error
+        error = out_of_step(headers, call, self.rank)
+        if error is not None:
+            self.failure = error
+            raise error

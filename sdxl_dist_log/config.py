@@ -1,7 +1,8 @@
-"""Configuration values: keyword-only dataclasses, validated when constructed.
+"""Configuration values: frozen keyword-only dataclasses, validated when constructed.
 
-Every field keeps the seed's name and meaning (``shared/seed/wandb_logging.md``); fields the seed lacks carry the
-distributed and lifecycle settings. ``from_dict`` rejects unknown keys, naming them and the known ones.
+The field names are those W&B users know from ``wandb.init`` and from the SDXL training scripts' logging configs;
+the distributed and lifecycle settings come after them. ``from_dict`` rejects unknown keys, naming them and the
+known ones. A config never changes once built: derive a variant with ``dataclasses.replace``.
 """
 
 from __future__ import annotations
@@ -12,15 +13,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from sdxl_dist_log.errors import ConfigError
+
 _T = TypeVar("_T")
 
 MODES = ("online", "offline", "disabled")
 FALLBACK_MODES = ("offline", "disabled")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-
-
-class ConfigError(ValueError):
-    """A configuration value is out of range or unknown; the message names the field."""
 
 
 def _check_choice(owner: str, name: str, value: object, allowed: Sequence[object]) -> None:
@@ -29,8 +28,8 @@ def _check_choice(owner: str, name: str, value: object, allowed: Sequence[object
 
 
 def _check_number(owner: str, name: str, value: object, *, minimum: float, inclusive: bool = True) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        raise ConfigError(f"{owner}.{name}={value!r} must be a number")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{owner}.{name}={value!r} must be a finite number")
     if value < minimum or (not inclusive and value == minimum):
         bound = ">=" if inclusive else ">"
         raise ConfigError(f"{owner}.{name}={value!r} must be {bound} {minimum}")
@@ -46,7 +45,7 @@ def _from_dict(cls: type[_T], values: Mapping[str, Any]) -> _T:
     return cls(**values)
 
 
-@dataclass(kw_only=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class WandbConfig:
     """Settings of the W&B run and of the rank-aware logging around it."""
 
@@ -79,7 +78,7 @@ class WandbConfig:
     save_code: bool = True
     """Save a code snapshot."""
     save_requirements: bool = True
-    """Save the pip requirements."""
+    """Save the pip requirements (``requirements.txt`` in the run's files)."""
     log_model: bool = True
     """Upload checkpoints with ``log_model``; False makes it a no-op."""
     log_checkpoints: bool = True
@@ -136,7 +135,7 @@ class WandbConfig:
             raise ConfigError(f"{owner}.resume={self.resume!r} must be a bool or one of 'allow', 'must', 'never', 'auto'")
         if isinstance(self.tags, str) or not all(isinstance(t, str) for t in self.tags):
             raise ConfigError(f"{owner}.tags must be a list of strings, got {self.tags!r}")
-        self.tags = list(self.tags)
+        object.__setattr__(self, "tags", list(self.tags))  # frozen: the one normalisation at construction
         if isinstance(self.max_images_to_log, bool) or not isinstance(self.max_images_to_log, int):
             raise ConfigError(f"{owner}.max_images_to_log={self.max_images_to_log!r} must be an integer")
         _check_number(owner, "max_images_to_log", self.max_images_to_log, minimum=0)
@@ -147,7 +146,7 @@ class WandbConfig:
         low, high = self.image_value_range
         if not low < high:
             raise ConfigError(f"{owner}.image_value_range={self.image_value_range!r} must be (low, high) with low < high")
-        self.image_value_range = (float(low), float(high))
+        object.__setattr__(self, "image_value_range", (float(low), float(high)))
         from sdxl_dist_log.metrics import MetricValueError, resolve_reduce
 
         try:
@@ -176,7 +175,7 @@ class WandbConfig:
         return _from_dict(cls, values)
 
 
-@dataclass(kw_only=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class LogConfig:
     """Settings of the console/file logger ``UnifiedLogger``."""
 
@@ -202,7 +201,7 @@ class LogConfig:
     def __post_init__(self) -> None:
         owner = type(self).__name__
         if isinstance(self.level, str):
-            self.level = self.level.upper()
+            object.__setattr__(self, "level", self.level.upper())
         _check_choice(owner, "level", self.level, LOG_LEVELS)
         if not self.name:
             raise ConfigError(f"{owner}.name must be a non-empty string")

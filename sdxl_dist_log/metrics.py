@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from sdxl_dist_log.errors import MetricKeyMismatchError, MetricValueError
+
 # Header fields of a packed row; the values follow. float64 holds integers below 2**53 exactly.
 FINGERPRINT, KEY_COUNT, ERROR_FLAG = 0, 1, 2
 HEADER_SIZE = 3
@@ -37,22 +39,6 @@ class Reduce(str, Enum):
     """Not reduced: every rank's value lands under ``<key>/rank<r>``."""
     LOCAL = "local"
     """Not reduced: the primary rank's own value (or, if it lacks the key, the lowest rank's that has it)."""
-
-
-class MetricValueError(ValueError):
-    """A metric value is not a finite-or-not number, a 1-element tensor or a numpy scalar; names the key."""
-
-
-class MetricKeyMismatchError(RuntimeError):
-    """Ranks passed different metric keys (``strict_keys``) or different reduce ops for one key.
-
-    Attributes:
-        missing: key -> ranks that did not pass it.
-    """
-
-    def __init__(self, message: str, missing: Mapping[str, Sequence[int]] | None = None) -> None:
-        super().__init__(message)
-        self.missing = dict(missing or {})
 
 
 @dataclass(frozen=True)

@@ -222,9 +222,8 @@ class RecordReader(Iterator["Record"]):
         self._gen.close()
 
     def _records(self) -> Iterator[Record]:
-        from wandb.proto import wandb_internal_pb2 as pb  # lazy: importing it imports wandb
-
         from google.protobuf.message import DecodeError
+        from wandb.proto import wandb_internal_pb2 as pb  # lazy: importing it imports wandb
 
         with open(self.path, "rb") as stream:
             for payload in iter_payloads(stream, self.status):

@@ -1,22 +1,22 @@
-"""Where this process sits in the launch: a frozen value computed once from an environment mapping.
+"""Where this process sits in the launch, and what the launch is: frozen values computed once from an environment.
 
-Nothing here reads ``os.environ`` on its own: callers pass the mapping (``RankInfo.from_env(os.environ)``), so the
-logic is a pure function that tests drive with parametrized dicts. torch.distributed, when initialized, is the
-authority for rank and world size; the environment fills in the rest (node, launcher, job ids).
+This is the one place that interprets environment variables. Nothing here reads ``os.environ`` on its own: the
+public constructors (``WandbLogger``, ``UnifiedLogger``) pass it in once (``Launch.from_env(os.environ)``), so the
+logic is a pure function that tests drive with parametrized dicts, and nothing below them reads the environment.
+torch.distributed, when initialized, is the authority for rank and world size; the environment fills in the rest
+(node, launcher, job ids).
 """
 
 from __future__ import annotations
 
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from sdxl_dist_log.errors import RankEnvironmentError
+
 Launcher = Literal["torchrun", "slurm", "submitit", "env", "single"]
-
-
-class RankEnvironmentError(ValueError):
-    """The launch environment contradicts itself (e.g. RANK >= WORLD_SIZE)."""
 
 
 def _int(env: Mapping[str, str], key: str) -> int | None:
@@ -34,7 +34,7 @@ def _check_below(env: Mapping[str, str], name: str, value: int, bound_name: str,
         raise RankEnvironmentError(f"{name}={env.get(name, value)} must be in 0..{bound - 1} ({bound_name}={bound})")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RankInfo:
     """This process's place in a launch.
 
@@ -47,8 +47,6 @@ class RankInfo:
         num_nodes: nodes in the launch.
         launcher: what started the process: "torchrun", "slurm", "submitit", "env" (RANK/WORLD_SIZE set by hand or
             by ``torch.multiprocessing``) or "single".
-        job_id: the launch's id (SLURM job id, array job id for arrays, or torchrun's run id), if any.
-        array_task_id: SLURM array task id, if the job is an array.
         hostname: this node's host name.
     """
 
@@ -59,8 +57,6 @@ class RankInfo:
     node_rank: int = 0
     num_nodes: int = 1
     launcher: Launcher = "single"
-    job_id: str | None = None
-    array_task_id: str | None = None
     hostname: str = "localhost"
 
     def __post_init__(self) -> None:
@@ -109,8 +105,6 @@ class RankInfo:
             1
         """
         host = hostname if hostname is not None else socket.gethostname()
-        slurm_job = env.get("SLURM_ARRAY_JOB_ID") or env.get("SLURM_JOB_ID")
-        array_task = env.get("SLURM_ARRAY_TASK_ID") or None
         in_slurm_step = "SLURM_PROCID" in env and "SLURM_NTASKS" in env
         if "RANK" in env and "WORLD_SIZE" in env:
             world = _int(env, "WORLD_SIZE") or 1
@@ -129,9 +123,6 @@ class RankInfo:
                 launcher = "slurm"
             else:
                 launcher = "env"
-            job_id = slurm_job
-            if job_id is None and env.get("TORCHELASTIC_RUN_ID") not in (None, "", "none"):
-                job_id = env["TORCHELASTIC_RUN_ID"]
             rank = _int(env, "RANK") or 0
             _check_below(env, "RANK", rank, "WORLD_SIZE", world)
             local_rank = _int(env, "LOCAL_RANK")
@@ -146,8 +137,6 @@ class RankInfo:
                 node_rank=node_rank,
                 num_nodes=max(1, -(-world // max(local_world, 1))),
                 launcher=launcher,
-                job_id=job_id,
-                array_task_id=array_task,
                 hostname=host,
             )
         if in_slurm_step:
@@ -164,11 +153,9 @@ class RankInfo:
                 node_rank=_int(env, "SLURM_NODEID") or 0,
                 num_nodes=num_nodes,
                 launcher="submitit" if "SUBMITIT_EXECUTOR" in env else "slurm",
-                job_id=slurm_job,
-                array_task_id=array_task,
                 hostname=host,
             )
-        return cls(launcher="single", job_id=slurm_job, array_task_id=array_task, hostname=host)
+        return cls(launcher="single", hostname=host)
 
     def with_process_group(self, rank: int, world_size: int) -> RankInfo:
         """Return a copy whose rank and world size come from an initialized process group."""
@@ -184,4 +171,61 @@ class RankInfo:
             local_world_size=local_world,
             node_rank=rank // local_world,
             num_nodes=-(-world_size // local_world),
+        )
+
+
+def _text(env: Mapping[str, str], key: str) -> str | None:
+    return env.get(key) or None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Launch:
+    """Everything this package takes from the environment: the rank, the launch's ids and the user's overrides.
+
+    Attributes:
+        rank: where this process sits.
+        slurm_job_id: ``SLURM_JOB_ID`` (each task of an array has its own).
+        slurm_array_job_id: ``SLURM_ARRAY_JOB_ID``: the id shared by the tasks of an array.
+        slurm_array_task_id: ``SLURM_ARRAY_TASK_ID``.
+        rendezvous_id: torchrun's ``TORCHELASTIC_RUN_ID`` (None when unset or torchrun's placeholder "none").
+        run_id: ``SDXL_DIST_LOG_RUN_ID``: a run id chosen outside the training script.
+        group: ``SDXL_DIST_LOG_GROUP``: a W&B group chosen outside the training script.
+        job_type: ``SDXL_DIST_LOG_JOB_TYPE``: a W&B job type chosen outside the training script.
+    """
+
+    rank: RankInfo = field(default_factory=RankInfo)
+    slurm_job_id: str | None = None
+    slurm_array_job_id: str | None = None
+    slurm_array_task_id: str | None = None
+    rendezvous_id: str | None = None
+    run_id: str | None = None
+    group: str | None = None
+    job_type: str | None = None
+
+    @property
+    def job_id(self) -> str | None:
+        """The launch's id: the SLURM array job's, else the SLURM job's, else torchrun's rendezvous id."""
+        return self.slurm_array_job_id or self.slurm_job_id or self.rendezvous_id
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], *, hostname: str | None = None) -> Launch:
+        """Read the launch from an environment mapping (usually ``os.environ``), once.
+
+        Raises:
+            RankEnvironmentError: as ``RankInfo.from_env``.
+
+        Example:
+            >>> Launch.from_env({"SLURM_JOB_ID": "42", "SLURM_PROCID": "0", "SLURM_NTASKS": "1"}).job_id
+            '42'
+        """
+        rendezvous = _text(env, "TORCHELASTIC_RUN_ID")
+        return cls(
+            rank=RankInfo.from_env(env, hostname=hostname),
+            slurm_job_id=_text(env, "SLURM_JOB_ID"),
+            slurm_array_job_id=_text(env, "SLURM_ARRAY_JOB_ID"),
+            slurm_array_task_id=_text(env, "SLURM_ARRAY_TASK_ID"),
+            rendezvous_id=None if rendezvous == "none" else rendezvous,
+            run_id=_text(env, "SDXL_DIST_LOG_RUN_ID"),
+            group=_text(env, "SDXL_DIST_LOG_GROUP"),
+            job_type=_text(env, "SDXL_DIST_LOG_JOB_TYPE"),
         )

@@ -18,8 +18,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from sdxl_dist_log.collectives import placed_by_process_group
 from sdxl_dist_log.config import LogConfig
-from sdxl_dist_log.ranks import RankInfo
+from sdxl_dist_log.ranks import Launch, RankInfo
 
 
 class _RankFilter(logging.Filter):
@@ -86,7 +87,7 @@ class UnifiedLogger:
 
     def __init__(self, config: LogConfig | Mapping[str, Any] | None = None, *, rank_info: RankInfo | None = None):
         self.config = config if isinstance(config, LogConfig) else LogConfig.from_dict(config or {})
-        self.rank_info = rank_info or _rank_from_runtime()
+        self.rank_info = rank_info or placed_by_process_group(Launch.from_env(os.environ).rank)
         cfg, rank = self.config, self.rank_info.rank
         self.is_primary = rank == cfg.primary_rank
         self.logger = logging.getLogger(f"sdxl_dist_log.{cfg.name}.rank{rank}")
@@ -214,11 +215,3 @@ class UnifiedLogger:
         if exc is not None:
             self.logger.error("exiting on %s: %s", exc_type.__name__ if exc_type else "error", exc)
         self.close()
-
-
-def _rank_from_runtime() -> RankInfo:
-    rank = RankInfo.from_env(os.environ)
-    torch_dist = sys.modules.get("torch.distributed")
-    if torch_dist is not None and torch_dist.is_available() and torch_dist.is_initialized():
-        rank = rank.with_process_group(torch_dist.get_rank(), torch_dist.get_world_size())
-    return rank

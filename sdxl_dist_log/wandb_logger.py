@@ -9,29 +9,30 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import numbers
 import os
 import signal
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Any
 
 import numpy as np
 
-from sdxl_dist_log import media
-from sdxl_dist_log.backends.base import Backend, NullBackend, RunIdentity
-from sdxl_dist_log.collectives import CallInfo, Collectives
-from sdxl_dist_log.config import ConfigError, WandbConfig
+from sdxl_dist_log.backends.base import Backend, NullBackend
+from sdxl_dist_log.collectives import Collectives
+from sdxl_dist_log.config import WandbConfig
 from sdxl_dist_log.dispatch import Dispatcher
-from sdxl_dist_log.launch.naming import derive_group, derive_job_type, derive_run_id, resume_mode
+from sdxl_dist_log.errors import ConfigError, ImageInputError, MetricKeyMismatchError, MetricValueError
+from sdxl_dist_log.framing import CallInfo
+from sdxl_dist_log.identity import CONFIG_SECTION, RunIdentity, launch_record, propose_identity
+from sdxl_dist_log.images import convert, transport
 from sdxl_dist_log.metrics import (
     ERROR_FLAG,
     FINGERPRINT,
     KEY_COUNT,
-    MetricKeyMismatchError,
     MetricPlan,
-    MetricValueError,
     apply_prefix,
     describe_missing,
     pack_row,
@@ -40,7 +41,8 @@ from sdxl_dist_log.metrics import (
     reduce_union,
     resolve_reduce,
 )
-from sdxl_dist_log.ranks import RankInfo
+from sdxl_dist_log.preemption import DEFAULT_SIGNALS, SignalChain
+from sdxl_dist_log.ranks import Launch, RankInfo
 from sdxl_dist_log.runconfig import deep_merge, redact_secrets
 
 _log = logging.getLogger("sdxl_dist_log")
@@ -58,7 +60,9 @@ class WandbLogger:
         config: a ``WandbConfig``, or a mapping of its fields (unknown keys are an error).
         logger: a ``UnifiedLogger`` (or a ``logging.Logger``) that receives this logger's messages.
         rank_info: where this process sits; read from ``env`` when None.
-        env: the environment to read the launch from; ``os.environ`` when None.
+        env: the environment to read the launch from (rank, job ids, ``SDXL_DIST_LOG_*`` overrides); ``os.environ``
+            when None. It is read once, here.
+        nvml: an NVML module (or a test double with its API) to sample GPUs with; ``pynvml`` when None.
 
     Example:
         >>> with WandbLogger(WandbConfig(project="sdxl", mode="offline")) as wb:  # doctest: +SKIP
@@ -72,16 +76,19 @@ class WandbLogger:
         *,
         rank_info: RankInfo | None = None,
         env: Mapping[str, str] | None = None,
+        nvml: Any | None = None,
     ) -> None:
         self.config = config if isinstance(config, WandbConfig) else WandbConfig.from_dict(config or {})
-        self._env: Mapping[str, str] = os.environ if env is None else env
         self._log = logger if isinstance(logger, logging.Logger) else getattr(logger, "logger", None) or _log
-        rank = rank_info or RankInfo.from_env(self._env)
-        cfg = self.config
+        launch = Launch.from_env(os.environ if env is None else env)  # the one read of the environment
+        if rank_info is not None:
+            launch = dataclasses.replace(launch, rank=rank_info)
+        cfg, rank = self.config, launch.rank
         self._collectives = Collectives.create(rank=rank.rank, world_size=rank.world_size,
                                                timeout=cfg.collective_timeout)
         if self._collectives.active:
             rank = rank.with_process_group(self._collectives.rank, self._collectives.world_size)
+            launch = dataclasses.replace(launch, rank=rank)
         elif rank.world_size > 1:
             self._warn(
                 f"WORLD_SIZE={rank.world_size} but torch.distributed is not initialized: metrics are not reduced "
@@ -90,10 +97,12 @@ class WandbLogger:
         if cfg.primary_rank >= rank.world_size:
             raise ConfigError(f"WandbConfig.primary_rank={cfg.primary_rank} is not a rank of this launch "
                               f"(world size {rank.world_size})")
+        self.launch = launch
         self.rank_info = rank
         self.is_primary = rank.is_primary(cfg.primary_rank)
+        self._nvml = nvml
         self._lock = threading.RLock()
-        self._last_step: int | None = None
+        self._last_step = 0  # the one owner of "the current step": calls without a step log at it
         self._plans: dict[Any, MetricPlan] = {}
         self._run_config: dict[str, Any] = {}
         self._warned: set[str] = set()
@@ -102,30 +111,19 @@ class WandbLogger:
         self.identity = self._start_run()
         self._dispatcher = Dispatcher(threaded=cfg.async_metrics)
         self._system = self._start_system_metrics()
-        self._previous_handlers: dict[int, Any] = {}
+        self._signals = SignalChain(self._close_on_signal, self._log)
 
     # -- construction -------------------------------------------------------------------------------------------
     def _start_run(self) -> RunIdentity:
-        cfg, rank = self.config, self.rank_info
+        cfg = self.config
         proposal: dict[str, Any] | None = None
         if self.is_primary:
             from sdxl_dist_log.backends.wandb_backend import start_backend
 
-            run_id, stable = derive_run_id(cfg, self._env)
-            proposed = RunIdentity(
-                run_id=run_id,
-                name=cfg.name or run_id,
-                group=derive_group(cfg, rank, self._env),
-                job_type=derive_job_type(cfg, rank, self._env),
-                mode=cfg.mode,
-                tags=tuple(cfg.tags),
-            )
-            launch = {"launcher": rank.launcher, "world_size": rank.world_size, "num_nodes": rank.num_nodes,
-                      "job_id": rank.job_id, "primary_host": rank.hostname}
-            self._run_config = redact_secrets(deep_merge(cfg.config, {"sdxl_dist_log": launch}))
+            proposed, resume = propose_identity(cfg, self.launch)
+            self._run_config = redact_secrets(deep_merge(cfg.config, {CONFIG_SECTION: launch_record(cfg, self.launch)}))
             try:
-                self._backend, identity = start_backend(cfg, proposed, self._run_config, resume_mode(cfg, stable),
-                                                        logger=self._log)
+                self._backend, identity = start_backend(cfg, proposed, self._run_config, resume, logger=self._log)
             except Exception as exc:  # even the offline init failed (disk full, ...): train on, log nothing
                 self._warn(f"W&B run could not be started ({type(exc).__name__}: {exc}); logging is disabled")
                 identity = dataclasses.replace(proposed, mode="disabled", fallback_reason=str(exc))
@@ -147,7 +145,6 @@ class WandbLogger:
             return None
         try:
             from sdxl_dist_log import sysstats
-            from sdxl_dist_log.fake_nvml import fake_nvml_from_env
 
             store = self._collectives.store
             if store is None:
@@ -167,7 +164,7 @@ class WandbLogger:
                 run_dir=cfg.dir,
                 sink=self._log_system_row if self.is_primary else None,
                 aggregate_only=cfg.system_metrics_aggregate_only,
-                nvml=fake_nvml_from_env(self._env),
+                nvml=self._nvml,
                 cuda_device=cuda_device,
                 namespace=f"{self._collectives.namespace}/sys",
                 logger=self._log,
@@ -183,6 +180,7 @@ class WandbLogger:
         self,
         metrics: Mapping[str, Any],
         step: int | None = None,
+        *,
         commit: bool = True,
         prefix: str | None = None,
         reduce: str | Mapping[str, str] | None = None,
@@ -191,7 +189,7 @@ class WandbLogger:
 
         Args:
             metrics: key -> python number, numpy scalar, or 0-d/1-element tensor (CPU or CUDA).
-            step: the training step; the last one when None.
+            step: the training step (an int >= 0); the last one when None.
             commit: False keeps the values pending and merges them into the next committed row.
             prefix: key prefix; ``WandbConfig.metric_prefix`` when None, "" for none.
             reduce: op for all keys ("mean", "sum", "min", "max", "per_rank", "local") or key/glob -> op;
@@ -201,14 +199,15 @@ class WandbLogger:
             The logged (reduced, prefixed) values, or None with ``async_metrics`` (they are computed later).
 
         Raises:
-            MetricValueError: a value is not numeric or has several elements, on any rank (raised on every rank;
-                nothing of the call is logged).
+            MetricValueError: a key or value is not usable, or ``step`` is not an int >= 0, on any rank (raised on
+                every rank; nothing of the call is logged).
             MetricKeyMismatchError: with ``strict_keys``, ranks passed different keys (raised on every rank).
             CollectiveError: ranks did not all reach the call within ``collective_timeout`` (named).
         """
         error: Exception | None = None
         values = None
         try:  # any failure here must still reach the collective (as an error flag), or this rank skips it
+            step = _checked_step(step)
             keys = tuple(sorted(metrics))
             for key in keys:
                 if not isinstance(key, str) or not key:
@@ -218,6 +217,7 @@ class WandbLogger:
             values = pack_values_deferred(metrics, keys, non_blocking=self._dispatcher.threaded)
         except Exception as exc:
             error = exc if isinstance(exc, MetricValueError) else MetricValueError(f"{type(exc).__name__}: {exc}")
+            step = step if isinstance(step, int) else None
             keys = tuple(sorted(map(str, metrics))) if isinstance(metrics, Mapping) else ()
             plan = MetricPlan(keys, tuple(resolve_reduce(keys, None)))
         if error is not None and not self._collectives.active:
@@ -282,6 +282,7 @@ class WandbLogger:
         images: Any,
         captions: Sequence[str] | str | None = None,
         step: int | None = None,
+        *,
         prefix: str | None = None,
         value_range: tuple[float, float] | None = None,
     ) -> int:
@@ -291,7 +292,7 @@ class WandbLogger:
             images: a PIL image, numpy HW/HWC array, torch HW/CHW/BCHW tensor, or a sequence of them; zero images
                 (``[]``) is fine on ranks that have none.
             captions: one per image, or None; with several ranks each caption is marked with its rank.
-            step: the training step; the last one when None.
+            step: the training step (an int >= 0); the last one when None.
             prefix: key prefix, ``WandbConfig.sample_prefix`` when None: images land under ``<prefix>/images``.
             value_range: range of float images; ``WandbConfig.image_value_range`` when None.
 
@@ -300,8 +301,8 @@ class WandbLogger:
             0 with ``async_metrics``, where the gather happens later.
 
         Raises:
-            media.ImageInputError / ValueError / TypeError: an image or the captions are invalid on some rank (every
-                rank raises; on other ranks than the culprit, a ValueError naming it).
+            ImageInputError: an image, the captions or ``step`` are invalid on some rank (every rank raises; on
+                other ranks than the culprit, the message names it).
         """
         cfg = self.config
         value_range = value_range or cfg.image_value_range
@@ -309,10 +310,13 @@ class WandbLogger:
         arrays: list[np.ndarray] = []
         names: list[str | None] = []
         try:  # any failure here must still reach the collective (as an error flag), or this rank skips it
-            arrays = media.to_uint8_hwc(images, value_range=value_range) if _has_images(images) else []
-            names = media.normalize_captions(captions, len(arrays))
+            step = _checked_step(step, error_type=ImageInputError)
+            arrays = convert.to_uint8_hwc(images, value_range=value_range) if _has_images(images) else []
+            names = convert.normalize_captions(captions, len(arrays))
         except Exception as exc:
-            error, arrays, names = exc, [], []
+            error = exc if isinstance(exc, ImageInputError) else ImageInputError(f"{type(exc).__name__}: {exc}")
+            step = step if isinstance(step, int) else None
+            arrays, names = [], []
         if error is not None and not self._collectives.active:
             raise error
         key = f"{cfg.sample_prefix if prefix is None else prefix}/images".lstrip("/")
@@ -326,55 +330,26 @@ class WandbLogger:
         self, arrays: list[np.ndarray], captions: list[str | None], error: Exception | None, key: str, call: CallInfo
     ) -> int:
         cap = self.config.max_images_to_log
-        described = arrays[:cap]
-        encoded_captions = [(c or "").encode() if c is not None else None for c in captions[:cap]]
-        table = np.full((cap, 4), -1.0)
-        for i, (image, caption) in enumerate(zip(described, encoded_captions)):
-            table[i] = (*image.shape, -1 if caption is None else len(caption))
-        row = np.concatenate([[1.0 if error is not None else 0.0, len(arrays)], table.ravel()])
-        rows = self._collectives.all_gather_rows(row, call)
-        if np.any(rows[:, 0] != 0):
-            bad = [r for r in range(len(rows)) if rows[r, 0] != 0]
-            raise ValueError(f"{call}: ranks {bad} passed invalid images or captions"
-                             + (f": {error}" if error is not None else "") + "; nothing was logged")
-        offered = [int(n) for n in rows[:, 1]]
-        shares = media.fair_shares(offered, cap)
-        if sum(offered) > cap and self.is_primary:
-            self._warn(f"{call}: {sum(offered)} images offered, logging {cap} (max_images_to_log); "
-                       f"per rank {shares}", once_key="image-cap")
-        tables = rows[:, 2:].reshape(len(rows), cap, 4) if cap else np.zeros((len(rows), 0, 4))
-        # each rank sends its share: the images packed by media's transport format, then the UTF-8 captions
-        shapes = [tables[r, : shares[r], :3].astype(np.int64) for r in range(len(rows))]
-        caption_lengths = [[int(n) for n in tables[r, : shares[r], 3]] for r in range(len(rows))]
-        sizes = [media.transport_nbytes(shapes[r]) + sum(max(n, 0) for n in caption_lengths[r])
-                 for r in range(len(rows))]
-        mine = shares[self.rank_info.rank if self._collectives.active else 0]
-        _, image_bytes = media.encode_for_transport(described[:mine])
-        payload = np.concatenate(
-            [image_bytes] + [np.frombuffer(c, np.uint8) for c in encoded_captions[:mine] if c is not None]
-        )
-        if self._collectives.active:
-            buffers = self._collectives.gather_bytes(payload, sizes, dst=self.config.primary_rank, call=call)
-        else:
-            buffers = [payload]
+        encoded = transport.encode_captions(captions)
+        offer = transport.pack_offer(arrays, encoded, cap, failed=error is not None)
+        plan = transport.plan_gather(self._collectives.all_gather_rows(offer, call), cap)
+        if plan.failed_ranks:
+            own = f": {error}" if error is not None else ""
+            raise ImageInputError(f"{call}: ranks {plan.failed_ranks} passed invalid images or captions{own}; "
+                                  "nothing was logged")
+        if sum(plan.offered) > cap and self.is_primary:
+            self._warn(f"{call}: {sum(plan.offered)} images offered, logging {cap} (max_images_to_log); "
+                       f"per rank {plan.shares}", once_key="image-cap")
+        mine = plan.shares[self.rank_info.rank if self._collectives.active else 0]
+        payload = transport.pack_payload(arrays, encoded, mine)
+        buffers = self._collectives.gather_bytes(payload, plan.sizes, dst=self.config.primary_rank, call=call)
         if not self.is_primary:
             return mine
-        images: list[np.ndarray] = []
-        names: list[str | None] = []
-        several = len(rows) > 1
-        for r, buffer in enumerate(buffers):
-            offset = media.transport_nbytes(shapes[r])
-            images += media.decode_from_transport(shapes[r], buffer[:offset])
-            label = f"[rank {r}]" if several else None
-            for n in caption_lengths[r]:
-                text = None if n < 0 else bytes(buffer[offset : offset + n]).decode()
-                offset += max(n, 0)
-                names.append(" ".join(part for part in (label, text) if part is not None) or None)
+        images, names = transport.unpack_payloads(plan, buffers, label_ranks=len(plan.shares) > 1)
         self._warn_if_degraded(call)
         if images:
             with self._lock:
-                self._remember_step(call.step)
-                self._backend.log_images(key, images, names, call.step)
+                self._backend.log_images(key, images, names, self._at_step(call.step))
         return len(images)
 
     # -- checkpoints and config ---------------------------------------------------------------------------------
@@ -413,8 +388,7 @@ class WandbLogger:
         if not os.path.exists(source):
             raise FileNotFoundError(f"log_model: checkpoint {source!r} does not exist; nothing was uploaded")
         artifact = _artifact_name(name or cfg.checkpoint_prefix)
-        details = {"source_path": os.path.abspath(source), **({"step": self._last_step} if self._last_step is not None
-                                                              else {}), **dict(metadata or {})}
+        details = {"source_path": os.path.abspath(source), "step": self._last_step, **dict(metadata or {})}
         uploaded = self._backend.log_artifact(source, name=artifact, type=type, aliases=aliases, metadata=details)
         if uploaded:
             self._info(f"checkpoint {source} -> artifact {artifact} aliases={aliases}")
@@ -452,7 +426,7 @@ class WandbLogger:
         if self._system is not None:
             self._system.stop(timeout=max(0.1, min(5.0, deadline - time.monotonic())))
         self._collectives.close()
-        self._restore_signal_handlers()
+        self._signals.restore()
         self._backend.finish(exit_code, max(1.0, deadline - time.monotonic()))
         self._dispatcher.raise_pending()
 
@@ -470,55 +444,33 @@ class WandbLogger:
         except Exception as pending:  # the training error is the one to see
             self._log.error("while finishing after an error: %s", pending)
 
-    def handle_preemption(self, signals: Sequence[int] = (signal.SIGTERM, signal.SIGUSR1)) -> None:
+    def handle_preemption(self, signals: Sequence[int] = DEFAULT_SIGNALS) -> None:
         """On these signals, mark the run as preempting, flush and finish it (bounded), then run the previous handler.
 
         Call from the main thread. submitit's own handlers (checkpoint + requeue) still run after ours.
         """
-        for sig in signals:
-            self._previous_handlers[sig] = signal.signal(sig, self._on_preemption)
+        self._signals.install(signals)
 
-    def _on_preemption(self, signum: int, frame: FrameType | None) -> None:
-        previous = self._previous_handlers.get(signum)  # finish() restores and forgets the handlers
+    def _close_on_signal(self, signum: int) -> None:
         self._warn(f"received {signal.Signals(signum).name}: marking the run as preempting and finishing it")
-        try:
-            if self.is_primary:
-                self._backend.mark_preempting()
-            self.finish(exit_code=1)
-        except Exception as exc:
-            self._log.error("finishing on %s failed: %s", signal.Signals(signum).name, exc)
-        signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
-        if callable(previous):
-            previous(signum, frame)
-        elif previous in (signal.SIG_DFL, None):
-            os.kill(os.getpid(), signum)
-
-    def _restore_signal_handlers(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for sig, previous in self._previous_handlers.items():
-            if signal.getsignal(sig) == self._on_preemption:
-                signal.signal(sig, previous)
-        self._previous_handlers.clear()
+        if self.is_primary:
+            self._backend.mark_preempting()
+        self.finish(exit_code=1)
 
     # -- internals ----------------------------------------------------------------------------------------------
-    @property
-    def collective_counts(self) -> dict[str, int]:
-        """Collectives issued so far by op, for tests and benchmarks."""
-        return dict(self._collectives.counts)
-
     @property
     def run_dir(self) -> str | None:
         return self.identity.run_dir
 
     def _write_row(self, values: Mapping[str, Any], step: int | None, commit: bool) -> None:
         with self._lock:
-            self._remember_step(step)
-            self._backend.log_row(values, step, commit)
+            self._backend.log_row(values, self._at_step(step), commit)
 
-    def _remember_step(self, step: int | None) -> None:
+    def _at_step(self, step: int | None) -> int:
+        """The step a row belongs to: the call's, remembered as the current one; the current one when None."""
         if step is not None:
             self._last_step = step
+        return self._last_step
 
     def _log_system_row(self, row: Mapping[str, float]) -> None:
         with self._lock:
@@ -549,6 +501,17 @@ class WandbLogger:
 
     def _info(self, message: str) -> None:
         self._log.info(message)
+
+
+def _checked_step(step: Any, error_type: type[Exception] = MetricValueError) -> int | None:
+    """``step`` as an int, or None; anything but an int >= 0 (bools, strings, floats) is an error naming ``step``."""
+    if step is None:
+        return None
+    if isinstance(step, bool) or not isinstance(step, numbers.Integral):
+        raise error_type(f"step={step!r} ({type(step).__name__}) must be an int >= 0 or None")
+    if step < 0:
+        raise error_type(f"step={step!r} must be >= 0")
+    return int(step)
 
 
 def _has_images(images: Any) -> bool:

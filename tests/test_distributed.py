@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from multiproc import assert_all_ok, run_ranks
+from sdxl_dist_log.launch.local import run_ranks, values_or_raise
 from sdxl_dist_log.offline import find_run_dirs, read_run
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
@@ -37,12 +37,12 @@ def count_collectives() -> dict[str, int]:
     return counts
 
 
-def make_logger(tmp: str, **overrides):
+def make_logger(tmp: str, nvml=None, **overrides):
     from sdxl_dist_log import WandbConfig, WandbLogger
 
     settings = dict(project="t", mode="offline", dir=tmp, log_system_metrics=False, collective_timeout=20.0)
     settings.update(overrides)
-    return WandbLogger(WandbConfig(**settings))
+    return WandbLogger(WandbConfig(**settings), nvml=nvml)
 
 
 def only_run(tmp: Path):
@@ -65,7 +65,7 @@ def test_one_run_with_exact_reductions(tmp_path: Path, world: int) -> None:
                                step=step)
             return wb.is_primary
 
-    assert assert_all_ok(run_ranks(body, world)) == [True] + [False] * (world - 1)
+    assert values_or_raise(run_ranks(body, world)) == [True] + [False] * (world - 1)
     run = only_run(tmp_path)
     assert run.exit_code == 0
     assert run.config["sdxl_dist_log"]["world_size"] == world
@@ -96,7 +96,7 @@ def test_one_collective_per_call_whatever_the_number_of_keys(tmp_path: Path) -> 
                 per_call[n_keys] = {k: (counts.get(k, 0) - before.get(k, 0)) / 5 for k in counts}
             return per_call
 
-    for per_call in assert_all_ok(run_ranks(body, 2)):
+    for per_call in values_or_raise(run_ranks(body, 2)):
         for n_keys, ops in per_call.items():
             issued = {op: n for op, n in ops.items() if n}
             assert issued == {"all_gather_single": 1.0}, f"{n_keys} keys: {issued}"
@@ -115,7 +115,7 @@ def test_differing_keys_log_the_union_reduced_over_the_ranks_that_passed_each(tm
             wb.log_metrics({"after": 1.0}, step=1)  # the group still works afterwards
             return logged
 
-    values = assert_all_ok(run_ranks(body, 3))
+    values = values_or_raise(run_ranks(body, 3))
     assert values[0] == values[1] == values[2]
     row = only_run(tmp_path).rows_with("metrics/shared")[0]
     assert row["metrics/shared"] == pytest.approx(2.0)  # (1 + 2 + 3) / 3
@@ -134,14 +134,14 @@ def test_differing_keys_with_strict_raise_on_every_rank_naming_ranks_and_keys(tm
                 return str(exc)
             return None
 
-    messages = assert_all_ok(run_ranks(body, 2))
+    messages = values_or_raise(run_ranks(body, 2))
     for message in messages:
         assert message is not None and "'b' missing on ranks [0]" in message and "log_metrics at step 0" in message
 
 
 def test_a_bad_value_on_one_rank_raises_on_every_rank_and_logs_nothing(tmp_path: Path) -> None:
     def body(rank: int):
-        from sdxl_dist_log.metrics import MetricValueError
+        from sdxl_dist_log.errors import MetricValueError
 
         with make_logger(str(tmp_path)) as wb:
             wb.log_metrics({"loss": 1.0}, step=0)
@@ -154,7 +154,7 @@ def test_a_bad_value_on_one_rank_raises_on_every_rank_and_logs_nothing(tmp_path:
             wb.log_metrics({"loss": 3.0}, step=2)
             return error
 
-    errors = assert_all_ok(run_ranks(body, 2))
+    errors = values_or_raise(run_ranks(body, 2))
     assert all(e is not None and "ranks [1]" in e for e in errors)
     assert "'loss'" in errors[1]  # the rank with the bad value names the key
     steps = [row["trainer/step"] for row in only_run(tmp_path).rows_with("metrics/loss")]
@@ -170,7 +170,7 @@ def test_images_from_every_rank_reach_the_run_capped_fairly_with_rank_captions(t
             batch = torch.stack([torch.full((3, 8, 8), rank * 50 + i, dtype=torch.uint8) for i in range(count)])
             return wb.log_images(batch, captions=[f"r{rank}-{i}" for i in range(count)], step=7)
 
-    counts = assert_all_ok(run_ranks(body, 3))
+    counts = values_or_raise(run_ranks(body, 3))
     assert counts[0] == 4  # primary reports how many landed: shares 2 + 1 + 1
     run = only_run(tmp_path)
     entry = run.rows_with("sample/images")[0]["sample/images"]
@@ -202,7 +202,7 @@ def test_a_rank_that_never_arrives_is_named_within_the_timeout(tmp_path: Path) -
                 return {"error": str(exc), "ranks": exc.ranks, "waited": waited}
             return None
 
-    values = assert_all_ok(run_ranks(body, 2, timeout=60))
+    values = values_or_raise(run_ranks(body, 2, timeout=60))
     result = values[0]
     assert result is not None, "rank 0 did not raise"
     assert result["ranks"] == [1]
@@ -215,7 +215,7 @@ def test_a_rank_that_never_arrives_is_named_within_the_timeout(tmp_path: Path) -
 
 def test_a_rank_that_skips_a_call_is_caught_in_the_next_one(tmp_path: Path) -> None:
     def body(rank: int):
-        from sdxl_dist_log.collectives import RanksOutOfStepError
+        from sdxl_dist_log.errors import RanksOutOfStepError
 
         with make_logger(str(tmp_path)) as wb:
             wb.log_metrics({"loss": 1.0}, step=0)
@@ -227,7 +227,7 @@ def test_a_rank_that_skips_a_call_is_caught_in_the_next_one(tmp_path: Path) -> N
                 return {"error": str(exc), "ranks": exc.ranks}
             return None
 
-    values = assert_all_ok(run_ranks(body, 2))
+    values = values_or_raise(run_ranks(body, 2))
     for value in values:
         assert value is not None and value["ranks"] == [1]
         assert "rank 1: log_images at step 2" in value["error"] and "rank 0: log_metrics at step 1" in value["error"]
@@ -241,7 +241,7 @@ def test_async_metrics_keep_order_and_values(tmp_path: Path) -> None:
             wb.log_images([np.full((4, 4, 3), 255, np.uint8)], captions=[f"r{rank}"], step=19)
         return True
 
-    assert_all_ok(run_ranks(body, 2))
+    values_or_raise(run_ranks(body, 2))
     run = only_run(tmp_path)
     rows = run.rows_with("metrics/x")
     assert [r["trainer/step"] for r in rows] == list(range(20))
@@ -265,7 +265,7 @@ def test_model_and_config_calls_never_block_other_ranks(tmp_path: Path) -> None:
             wb.log_metrics({"x": 1.0}, step=0)  # still in step with each other
             return uploaded
 
-    values = assert_all_ok(run_ranks(body, 2))
+    values = values_or_raise(run_ranks(body, 2))
     assert values == [[True, True], [False]]
     run = only_run(tmp_path / "runs")
     versions = [a for a in run.artifacts if a.name == "ckpt"]
@@ -289,7 +289,7 @@ def test_world_size_without_process_group_warns_and_only_rank_zero_owns_a_run(tm
             wb.log_metrics({"x": float(rank)}, step=0)
         return any("not initialized" in m for m in records)
 
-    assert assert_all_ok(run_ranks(body, 2, init=False)) == [True, True]
+    assert values_or_raise(run_ranks(body, 2, backend=None)) == [True, True]
     assert only_run(tmp_path).rows_with("metrics/x")[0]["metrics/x"] == 0.0
 
 
@@ -335,7 +335,7 @@ def test_online_init_without_network_falls_back_on_every_rank_within_the_bound(t
             wb.log_metrics({"x": float(rank)}, step=0)
             return {"mode": wb.identity.mode, "reason": wb.identity.fallback_reason, "elapsed": elapsed}
 
-    values = assert_all_ok(run_ranks(body, 2, env=env, timeout=90))
+    values = values_or_raise(run_ranks(body, 2, env=env, timeout=90))
     for value in values:
         assert value["mode"] == "offline" and "online init failed" in value["reason"]
         assert value["elapsed"] < 3.0 + 20.0
@@ -389,17 +389,19 @@ def test_every_gpu_of_every_simulated_node_reaches_the_run_with_hostnames(tmp_pa
 
     def rank_env(rank: int) -> dict[str, str]:
         node, local = layout[rank]
-        return {"GROUP_RANK": str(node), "LOCAL_RANK": str(local), "LOCAL_WORLD_SIZE": "2",
-                "SDXL_DIST_LOG_FAKE_NVML": f"gpus=2,offset={40 * node}"}
+        return {"GROUP_RANK": str(node), "LOCAL_RANK": str(local), "LOCAL_WORLD_SIZE": "2"}
 
     def body(rank: int):
-        with make_logger(str(tmp_path), log_system_metrics=True, system_metrics_interval=0.2) as wb:
+        from sdxl_dist_log.fake_nvml import FakeNvml
+
+        nvml = FakeNvml(gpus=2, offset=40 * layout[rank][0])
+        with make_logger(str(tmp_path), log_system_metrics=True, system_metrics_interval=0.2, nvml=nvml) as wb:
             for step in range(8):
                 wb.log_metrics({"x": 1.0}, step=step)
                 time.sleep(0.2)
             return wb.rank_info.node_rank
 
-    assert assert_all_ok(run_ranks(body, 3, rank_env=rank_env, timeout=120)) == [0, 0, 1]
+    assert values_or_raise(run_ranks(body, 3, rank_env=rank_env, timeout=120)) == [0, 0, 1]
     run = only_run(tmp_path)
     rows = [row for row in run.history if "system/node1/gpu1/utilization" in row]
     assert rows, f"no row with both nodes; keys seen: {sorted({k for r in run.history for k in r})[:40]}"
@@ -417,7 +419,7 @@ def test_a_rank_that_skips_a_call_of_the_same_kind_is_caught_by_the_step(tmp_pat
     # gloo pairs the n-th collective of every rank: without the step check, rank 0's step 1 would be averaged
     # with rank 1's step 2, a silently wrong mean
     def body(rank: int):
-        from sdxl_dist_log.collectives import RanksOutOfStepError
+        from sdxl_dist_log.errors import RanksOutOfStepError
 
         with make_logger(str(tmp_path)) as wb:
             wb.log_metrics({"loss": 1.0}, step=0)
@@ -428,13 +430,13 @@ def test_a_rank_that_skips_a_call_of_the_same_kind_is_caught_by_the_step(tmp_pat
                 return exc.ranks
             return None
 
-    assert assert_all_ok(run_ranks(body, 2)) == [[1], [1]]
+    assert values_or_raise(run_ranks(body, 2)) == [[1], [1]]
     assert [r["trainer/step"] for r in only_run(tmp_path).rows_with("metrics/loss")] == [0]
 
 
 def test_async_errors_never_make_one_rank_skip_a_call(tmp_path: Path) -> None:
     def body(rank: int):
-        from sdxl_dist_log.metrics import MetricValueError
+        from sdxl_dist_log.errors import MetricValueError
 
         errors = 0
         with make_logger(str(tmp_path), async_metrics=True) as wb:
@@ -452,7 +454,7 @@ def test_async_errors_never_make_one_rank_skip_a_call(tmp_path: Path) -> None:
                 errors += 1
         return errors
 
-    assert assert_all_ok(run_ranks(body, 2)) == [1, 1]
+    assert values_or_raise(run_ranks(body, 2)) == [1, 1]
     rows = only_run(tmp_path).rows_with("metrics/loss")
     assert [(r["trainer/step"], r["metrics/loss"]) for r in rows] == [(1, 10.5), (2, 20.5), (3, 30.5)]
 
@@ -471,5 +473,5 @@ def test_preemption_runs_the_handler_that_was_there_before(tmp_path: Path) -> No
         time.sleep(0.2)
         return seen
 
-    assert assert_all_ok(run_ranks(body, 1, init=False)) == [[10]]
+    assert values_or_raise(run_ranks(body, 1, backend=None)) == [[10]]
     assert only_run(tmp_path).preempting

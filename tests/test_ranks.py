@@ -1,4 +1,4 @@
-"""Tests of sdxl_dist_log.ranks: RankInfo as a pure function of a parametrized environment mapping.
+"""Tests of sdxl_dist_log.ranks: RankInfo and Launch as pure functions of a parametrized environment mapping.
 
 Each launcher's variables are written out as the launcher really sets them, so a change in precedence (torchrun over
 SLURM, submitit detection, array ids) shows up as a failing case, not as a wrong W&B group in production.
@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from sdxl_dist_log.ranks import RankEnvironmentError, RankInfo
+from sdxl_dist_log.errors import RankEnvironmentError
+from sdxl_dist_log.ranks import Launch, RankInfo
 
 HOST = "node-a"
 
@@ -34,55 +35,55 @@ SRUN_TORCHRUN = {
         pytest.param(
             TORCHRUN,
             RankInfo(rank=6, world_size=8, local_rank=2, local_world_size=4, node_rank=1, num_nodes=2,
-                     launcher="torchrun", job_id="exp42", hostname=HOST),
+                     launcher="torchrun", hostname=HOST),
             id="torchrun",
         ),
         pytest.param(
             {**TORCHRUN, "TORCHELASTIC_RUN_ID": "none"},
             RankInfo(rank=6, world_size=8, local_rank=2, local_world_size=4, node_rank=1, num_nodes=2,
-                     launcher="torchrun", job_id=None, hostname=HOST),
+                     launcher="torchrun", hostname=HOST),
             id="torchrun-default-rdzv-id-none",
         ),
         pytest.param(
             {k: v for k, v in TORCHRUN.items() if k != "GROUP_RANK"} | {"NODE_RANK": "1"},
             RankInfo(rank=6, world_size=8, local_rank=2, local_world_size=4, node_rank=1, num_nodes=2,
-                     launcher="torchrun", job_id="exp42", hostname=HOST),
+                     launcher="torchrun", hostname=HOST),
             id="torchrun-node-rank-fallback",
         ),
         pytest.param(
             SRUN_TORCHRUN,
             RankInfo(rank=6, world_size=8, local_rank=2, local_world_size=4, node_rank=1, num_nodes=2,
-                     launcher="torchrun", job_id="777", hostname=HOST),
+                     launcher="torchrun", hostname=HOST),
             id="srun-torchrun-torchrun-wins-slurm-job-id",
         ),
         pytest.param(
             SLURM,
             RankInfo(rank=3, world_size=6, local_rank=1, local_world_size=2, node_rank=1, num_nodes=3,
-                     launcher="slurm", job_id="1234", hostname=HOST),
+                     launcher="slurm", hostname=HOST),
             id="slurm",
         ),
         pytest.param(
             {**SLURM, "SLURM_JOB_NUM_NODES": "", "SLURM_NNODES": "3"},
             RankInfo(rank=3, world_size=6, local_rank=1, local_world_size=2, node_rank=1, num_nodes=3,
-                     launcher="slurm", job_id="1234", hostname=HOST),
+                     launcher="slurm", hostname=HOST),
             id="slurm-nnodes-fallback",
         ),
         pytest.param(
             {**SLURM, "SLURM_NTASKS_PER_NODE": "2"},
             RankInfo(rank=3, world_size=6, local_rank=1, local_world_size=2, node_rank=1, num_nodes=3,
-                     launcher="slurm", job_id="1234", hostname=HOST),
+                     launcher="slurm", hostname=HOST),
             id="slurm-ntasks-per-node",
         ),
         pytest.param(
             {**SLURM, "SLURM_JOB_ID": "1240", "SLURM_ARRAY_JOB_ID": "1234", "SLURM_ARRAY_TASK_ID": "6"},
             RankInfo(rank=3, world_size=6, local_rank=1, local_world_size=2, node_rank=1, num_nodes=3,
-                     launcher="slurm", job_id="1234", array_task_id="6", hostname=HOST),
+                     launcher="slurm", hostname=HOST),
             id="slurm-array-job-id-wins",
         ),
         pytest.param(
             {**SLURM, "SUBMITIT_EXECUTOR": "slurm"},
             RankInfo(rank=3, world_size=6, local_rank=1, local_world_size=2, node_rank=1, num_nodes=3,
-                     launcher="submitit", job_id="1234", hostname=HOST),
+                     launcher="submitit", hostname=HOST),
             id="submitit-slurm-only",
         ),
         pytest.param(
@@ -90,20 +91,20 @@ SRUN_TORCHRUN = {
             {**SLURM, "RANK": "3", "WORLD_SIZE": "6", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2",
              "SDXL_DIST_LOG_LAUNCHER": "submitit"},
             RankInfo(rank=3, world_size=6, local_rank=1, local_world_size=2, node_rank=1, num_nodes=3,
-                     launcher="submitit", job_id="1234", hostname=HOST),
+                     launcher="submitit", hostname=HOST),
             id="submitit-marker-with-rank-vars",
         ),
         pytest.param(
             {**SLURM, "RANK": "3", "WORLD_SIZE": "6", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2",
              "SUBMITIT_EXECUTOR": "slurm"},
             RankInfo(rank=3, world_size=6, local_rank=1, local_world_size=2, node_rank=1, num_nodes=3,
-                     launcher="submitit", job_id="1234", hostname=HOST),
+                     launcher="submitit", hostname=HOST),
             id="submitit-executor-with-rank-vars",
         ),
         pytest.param(
             {**SLURM, "RANK": "3", "WORLD_SIZE": "6", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"},
             RankInfo(rank=3, world_size=6, local_rank=1, local_world_size=2, node_rank=1, num_nodes=3,
-                     launcher="slurm", job_id="1234", hostname=HOST),
+                     launcher="slurm", hostname=HOST),
             id="slurm-with-rank-vars",
         ),
         pytest.param(
@@ -116,7 +117,7 @@ SRUN_TORCHRUN = {
                      id="single-rank-without-world-size"),
         pytest.param(
             {"SLURM_JOB_ID": "99"},  # inside an allocation (salloc shell) but not in a step
-            RankInfo(launcher="single", job_id="99", hostname=HOST),
+            RankInfo(launcher="single", hostname=HOST),
             id="single-in-slurm-allocation",
         ),
         pytest.param({"RANK": "", "WORLD_SIZE": ""}, RankInfo(launcher="env", hostname=HOST), id="env-empty-values"),
@@ -243,9 +244,9 @@ def test_frozen() -> None:
             id="same-world-new-rank",
         ),
         pytest.param(  # the environment knew nothing (mp.spawn): one process per node is the safe assumption
-            RankInfo(launcher="single", job_id="j", hostname="h"),
+            RankInfo(launcher="single", hostname="h"),
             1, 2, RankInfo(rank=1, world_size=2, local_rank=0, local_world_size=1, node_rank=1, num_nodes=2,
-                           launcher="single", job_id="j", hostname="h"),
+                           launcher="single", hostname="h"),
             id="different-world",
         ),
     ],
@@ -260,5 +261,39 @@ def test_with_process_group(base: RankInfo, rank: int, world: int, expected: Ran
 def test_with_process_group_keeps_launch_fields() -> None:
     base = RankInfo.from_env(SLURM, hostname=HOST)
     got = base.with_process_group(0, 6)
-    assert (got.launcher, got.job_id, got.hostname) == ("slurm", "1234", HOST)
+    assert (got.launcher, got.hostname) == ("slurm", HOST)
     assert (got.rank, got.local_rank, got.node_rank) == (0, 0, 0)
+
+
+# -- Launch: the launch's ids and the user's overrides, read in the same one pass -------------------------------
+@pytest.mark.parametrize(
+    ("env", "job_id", "fields"),
+    [
+        pytest.param(TORCHRUN, "exp42", {"rendezvous_id": "exp42"}, id="torchrun"),
+        pytest.param({**TORCHRUN, "TORCHELASTIC_RUN_ID": "none"}, None, {"rendezvous_id": None},
+                     id="torchrun-placeholder-none"),
+        pytest.param(SLURM, "1234", {"slurm_job_id": "1234"}, id="slurm"),
+        pytest.param(SRUN_TORCHRUN, "777", {"slurm_job_id": "777", "rendezvous_id": "exp42"}, id="srun-torchrun"),
+        pytest.param({**SLURM, "SLURM_ARRAY_JOB_ID": "1200", "SLURM_ARRAY_TASK_ID": "6"}, "1200",
+                     {"slurm_array_job_id": "1200", "slurm_array_task_id": "6"}, id="slurm-array"),
+        pytest.param({"SLURM_JOB_ID": "99"}, "99", {"slurm_job_id": "99"}, id="single-in-slurm-allocation"),
+        pytest.param({}, None, {}, id="single"),
+        pytest.param({"SDXL_DIST_LOG_RUN_ID": "r", "SDXL_DIST_LOG_GROUP": "g", "SDXL_DIST_LOG_JOB_TYPE": "eval"},
+                     None, {"run_id": "r", "group": "g", "job_type": "eval"}, id="overrides"),
+        pytest.param({"SDXL_DIST_LOG_RUN_ID": "", "SLURM_JOB_ID": ""}, None, {"run_id": None, "slurm_job_id": None},
+                     id="empty-values-are-unset"),
+    ],
+)
+def test_launch_from_env(env: dict[str, str], job_id: str | None, fields: dict[str, str | None]) -> None:
+    launch = Launch.from_env(env, hostname=HOST)
+    assert launch.rank == RankInfo.from_env(env, hostname=HOST)
+    assert launch.job_id == job_id
+    for name, value in fields.items():
+        assert getattr(launch, name) == value, name
+
+
+def test_launch_is_read_from_the_mapping_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLURM_JOB_ID", "from-os-environ")
+    monkeypatch.setenv("SDXL_DIST_LOG_GROUP", "from-os-environ")
+    launch = Launch.from_env({}, hostname=HOST)
+    assert (launch.slurm_job_id, launch.group) == (None, None)

@@ -1,7 +1,7 @@
 """WandbLogger and UnifiedLogger in one process: the seed doc's examples, the seed's defects, metrics, config,
 checkpoints, fallbacks and kill safety, asserted on real wandb offline runs read back with ``read_run``.
 
-The pytest process never calls ``wandb.init``: every W&B run is made in a forked child (``multiproc.run_ranks`` with
+The pytest process never calls ``wandb.init``: every W&B run is made in a forked child (``run_ranks`` with
 one rank) or a subprocess. A scenario that several tests assert on is one module-scoped fixture, so one child (one
 ``wandb-core`` start) serves a group of assertions. Children make their own private W&B directories (``_isolate``)
 because module-scoped fixtures run before the per-test ``wandb_env`` fixture of conftest.py.
@@ -27,10 +27,10 @@ import numpy as np
 import psutil
 import pytest
 import torch  # imported once here so that forked children do not each pay for it
-from multiproc import assert_all_ok, run_ranks
 from PIL import Image
 
 from sdxl_dist_log import ConfigError, LogConfig, RankInfo, UnifiedLogger, WandbConfig, WandbLogger
+from sdxl_dist_log.launch.local import run_ranks, values_or_raise
 from sdxl_dist_log.offline import OfflineRun, read_run
 
 pytestmark = pytest.mark.timeout(120)
@@ -78,7 +78,7 @@ def _in_child(fn: Callable[[], Any], root: Path, timeout: float = CHILD_TIMEOUT_
         _isolate(root)
         return fn()
 
-    [value] = assert_all_ok(run_ranks(body, 1, init=False, timeout=timeout))
+    [value] = values_or_raise(run_ranks(body, 1, backend=None, timeout=timeout))
     return value
 
 
@@ -592,7 +592,7 @@ def test_wandb_is_not_imported_by_import_or_configs(code: str) -> None:
 
 
 def _metrics_scenario() -> dict[str, Any]:
-    from sdxl_dist_log.metrics import MetricValueError
+    from sdxl_dist_log.errors import MetricValueError
 
     out: dict[str, Any] = {"errors": {}}
     config = WandbConfig(project="metrics", mode="offline", dir="out", log_system_metrics=False,
@@ -972,7 +972,7 @@ def test_a_dead_wandb_service_never_crashes_training(tmp_path: Path) -> None:
         wb.finish()
         return {"services": len(services), "logged": logged, "uploaded": uploaded, "errors": errors}
 
-    result = run_ranks(body, 1, init=False, timeout=90)[0]
+    result = run_ranks(body, 1, backend=None, timeout=90)[0]
     assert result.ok, result.traceback
     value = result.value
     assert value["services"] >= 1

@@ -1,5 +1,5 @@
-"""Where logged rows go: the primary rank's W&B backend, or a backend that does nothing on every other rank."""
+"""Where logged rows go: the primary rank's W&B run (``wandb_backend``), or nowhere (``NullBackend``)."""
 
-from sdxl_dist_log.backends.base import Backend, NullBackend, RunIdentity
+from sdxl_dist_log.backends.base import Backend, NullBackend
 
-__all__ = ["Backend", "NullBackend", "RunIdentity"]
+__all__ = ["Backend", "NullBackend"]

@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from sdxl_dist_log.backends.base import NullBackend, RunIdentity
+from sdxl_dist_log.backends.base import NullBackend
 from sdxl_dist_log.config import WandbConfig
+from sdxl_dist_log.identity import RunIdentity
 
 _log = logging.getLogger("sdxl_dist_log")
 
@@ -39,8 +40,8 @@ class WandbBackend:
         self._log = logger or _log
         self._step_metric = step_metric
         self._lock = threading.RLock()  # re-entrant: a preemption signal handler may finish the run mid-call
-        self._last_step = 0
         self._pending: dict[str, Any] = {}
+        self._pending_step = 0
         self.failure: BaseException | None = None
         run.define_metric(step_metric)
         run.define_metric("*", step_metric=step_metric, step_sync=True)
@@ -63,25 +64,26 @@ class WandbBackend:
                                 getattr(self._run, "id", "?"), what, type(exc).__name__, exc)
                 return False
 
-    def log_row(self, data: Mapping[str, Any], step: int | None, commit: bool = True) -> None:
+    def log_row(self, data: Mapping[str, Any], step: int, commit: bool = True) -> None:
         with self._lock:
-            if step is not None:
-                self._last_step = step
             self._pending.update(data)
-            if not commit:
-                return
-            row, self._pending = self._pending, {}
-            row[self._step_metric] = self._last_step
-            self._guarded("log", lambda: self._run.log(row))
+            self._pending_step = step
+            if commit:
+                self._write_pending()
 
-    def log_side_row(self, data: Mapping[str, Any], step: int | None) -> None:
+    def _write_pending(self) -> None:
+        row, self._pending = self._pending, {}
+        row[self._step_metric] = self._pending_step
+        self._guarded("log", lambda: self._run.log(row))
+
+    def log_side_row(self, data: Mapping[str, Any], step: int) -> None:
         """Write a row of its own (system figures) at ``step``, leaving values pending from ``commit=False`` alone."""
         with self._lock:
-            row = {**data, self._step_metric: self._last_step if step is None else step}
+            row = {**data, self._step_metric: step}
             self._guarded("log", lambda: self._run.log(row))
 
     def log_images(
-        self, key: str, images: Sequence[np.ndarray], captions: Sequence[str | None], step: int | None
+        self, key: str, images: Sequence[np.ndarray], captions: Sequence[str | None], step: int
     ) -> None:
         import wandb
 
@@ -115,14 +117,11 @@ class WandbBackend:
     def mark_preempting(self) -> None:
         self._guarded("mark_preempting", self._run.mark_preempting)
 
-    def flush(self) -> None:
-        with self._lock:
-            if self._pending:
-                self.log_row({}, None)
-
     def finish(self, exit_code: int, timeout: float) -> None:
         def close() -> None:
-            self.flush()
+            with self._lock:
+                if self._pending:  # values of a last commit=False call: they belong in the run too
+                    self._write_pending()
             self._guarded("finish", lambda: self._run.finish(exit_code=exit_code))
 
         if self._lock._is_owned():  # type: ignore[attr-defined]
@@ -150,6 +149,7 @@ def _settings(config: WandbConfig, mode: str) -> Any:
         console="off",
         silent=True,
         save_code=config.save_code,
+        x_save_requirements=config.save_requirements,
     )
 
 

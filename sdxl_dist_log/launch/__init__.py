@@ -1,9 +1,8 @@
-"""Launch helpers: run naming per launch, and submission to SLURM through submitit (``submit``)."""
+"""Launch helpers: submission to SLURM through submitit (``submit``) and local rendezvous ports."""
 
-from sdxl_dist_log.launch.naming import derive_group, derive_job_type, derive_run_id, resume_mode
 from sdxl_dist_log.launch.ports import free_port
 
-__all__ = ["derive_group", "derive_job_type", "derive_run_id", "free_port", "resume_mode", "submit"]
+__all__ = ["free_port", "submit"]
 
 
 def __getattr__(name: str):  # submitit is imported only when submitting

@@ -1,14 +1,12 @@
-"""Pure image conversion for logging: PIL / numpy / torch images -> contiguous uint8 HWC arrays, and back.
+"""Pure image conversion for logging: PIL / numpy / torch images -> contiguous uint8 HWC arrays, and captions.
 
-Everything here is a pure function: no ranks, no collectives, no wandb. The wandb logger gathers what
-``to_uint8_hwc`` returns (packed by ``encode_for_transport`` into one flat uint8 buffer plus an int64 shape table, so
-images travel as uint8 tensors, never as pickles) and the primary rank turns them back into PIL images with
-``to_pil``. ``fair_shares`` decides how many images each rank may send under ``max_images_to_log``.
+Everything here is a pure function: no ranks, no collectives, no wandb. What ``to_uint8_hwc`` returns travels to the
+primary rank as uint8 bytes (``images/transport.py``), never as pickles.
 
 torch is never imported by this module: a torch tensor can only exist when torch is already in ``sys.modules``, so
 numpy and PIL inputs never pay for (or require) torch.
 
-Input rules of ``to_uint8_hwc`` (the seed crashed on CHW tensors and fp16/bf16, and wrapped [-1, 1] floats):
+Input rules of ``to_uint8_hwc`` (CHW tensors, fp16/bf16 and [-1, 1] floats are the common traps):
 
 =============  ==========================================================================================
 layout         numpy / PIL: HW, HWC (C in 1, 3, 4); CHW when unambiguous (first axis in 1, 3, 4, last
@@ -35,16 +33,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-__all__ = [
-    "ImageInputError",
-    "decode_from_transport",
-    "encode_for_transport",
-    "fair_shares",
-    "normalize_captions",
-    "to_pil",
-    "to_uint8_hwc",
-    "transport_nbytes",
-]
+from sdxl_dist_log.errors import ImageInputError
+
+__all__ = ["CHANNELS", "normalize_captions", "to_uint8_hwc"]
 
 CHANNELS = (1, 3, 4)
 """Channel counts an image may have: gray, RGB, RGBA."""
@@ -53,16 +44,13 @@ _PIL_PASSTHROUGH = ("L", "RGB", "RGBA")
 _PIL_ALPHA_MODES = ("LA", "La", "PA", "RGBa")
 
 
-class ImageInputError(ValueError):
-    """An image cannot be converted; the message names the image index (and batch index), its shape and dtype."""
-
-
 def _where(index: int, batch: int | None, shape: Sequence[int], dtype: object) -> str:
     at = f"image {index}" if batch is None else f"image {index} (batch index {batch})"
     return f"{at}: shape {tuple(int(s) for s in shape)}, dtype {dtype}"
 
 
-def _error(index: int, batch: int | None, shape: Sequence[int], dtype: object, problem: str) -> ImageInputError:
+def image_error(index: int, batch: int | None, shape: Sequence[int], dtype: object, problem: str) -> ImageInputError:
+    """The error for one bad image, naming its index (and batch index), shape and dtype."""
     return ImageInputError(f"{_where(index, batch, shape, dtype)}: {problem}")
 
 
@@ -89,7 +77,7 @@ def to_uint8_hwc(images: Any, *, value_range: tuple[float, float] = (0.0, 1.0)) 
         ImageInputError: an image has an unsupported type, dtype or number of dimensions (5-D and more), is empty,
             has no channel axis of size 1, 3 or 4 (e.g. 2 or 5 channels), or holds integers outside 0..255.
             The message names the image index, the batch index inside a batch, the shape and the dtype.
-        ValueError: ``value_range`` is not two finite numbers with low < high.
+            Also when ``value_range`` is not two finite numbers with low < high.
 
     Example:
         >>> import numpy as np
@@ -108,9 +96,9 @@ def _check_value_range(value_range: object) -> tuple[float, float]:
     try:
         low, high = (float(v) for v in value_range)  # type: ignore[union-attr]
     except (TypeError, ValueError):
-        raise ValueError(f"value_range={value_range!r} must be a pair (low, high) of numbers") from None
+        raise ImageInputError(f"value_range={value_range!r} must be a pair (low, high) of numbers") from None
     if not (math.isfinite(low) and math.isfinite(high) and low < high):
-        raise ValueError(f"value_range={value_range!r} must be finite with low < high")
+        raise ImageInputError(f"value_range={value_range!r} must be finite with low < high")
     return low, high
 
 
@@ -136,7 +124,7 @@ def _tensor_to_hwc(tensor: Any, index: int, low: float, high: float, torch: Any)
     shape = tuple(tensor.shape)
     dtype = tensor.dtype
     if dtype.is_complex:
-        raise _error(index, None, shape, dtype, "complex images are not supported")
+        raise image_error(index, None, shape, dtype, "complex images are not supported")
     # Validate the shape before any device transfer, so a bad input costs no copy.
     _resolve_layout(shape, index, dtype, layout="chw")
     try:
@@ -148,7 +136,7 @@ def _tensor_to_hwc(tensor: Any, index: int, low: float, high: float, torch: Any)
         else:
             array = t.to("cpu", torch.int64).numpy()
     except Exception as exc:  # noqa: BLE001 - sparse, meta, quantized... tensors fail in torch's own ways
-        raise _error(index, None, shape, dtype, f"cannot be copied to a CPU numpy array: {exc}") from exc
+        raise image_error(index, None, shape, dtype, f"cannot be copied to a CPU numpy array: {exc}") from exc
     return _array_to_hwc(array, index, low, high, layout="chw", dtype_name=str(dtype))
 
 
@@ -158,12 +146,12 @@ def _resolve_layout(
     """Return (``"hw"``, ``"hwc"`` or ``"chw"``, is_batch) for a shape, or raise ImageInputError."""
     ndim = len(shape)
     if ndim not in (2, 3, 4):
-        raise _error(
+        raise image_error(
             index, None, shape, dtype,
             f"{ndim} dimensions; expected 2 (HW), 3 (CHW or HWC) or 4 (a batch, BCHW or BHWC)",
         )
     if any(s == 0 for s in shape):
-        raise _error(index, None, shape, dtype, "the image is empty (a dimension is 0)")
+        raise image_error(index, None, shape, dtype, "the image is empty (a dimension is 0)")
     if ndim == 2:
         return "hw", False
     first, last = shape[-3], shape[-1]
@@ -176,7 +164,7 @@ def _resolve_layout(
         found = "hwc" if last_ok else "chw" if first_ok and min(shape[-2], shape[-1]) > 4 else None
     if found is None:
         what = "channel axis (first)" if layout == "chw" else "channel axis (last)"
-        raise _error(
+        raise image_error(
             index, None, shape, dtype,
             f"cannot find a {what} of size 1, 3 or 4 (gray, RGB, RGBA); 2 or 5 channels are not images we can "
             "log, and the other layout is read only when both its spatial sizes exceed 4",
@@ -216,7 +204,7 @@ def _to_uint8(array: np.ndarray, index: int, low: float, high: float, dtype_name
                 batch = int(np.argmax(bad))
                 lo, hi = int(flat[batch].min()), int(flat[batch].max())
             shape = array.shape[1:] if is_batch else array.shape
-            raise _error(
+            raise image_error(
                 index, batch, shape, dtype_name,
                 f"integer pixels must lie in 0..255 but range from {lo} to {hi}; "
                 "scale them to uint8, or pass floats with value_range",
@@ -233,7 +221,7 @@ def _to_uint8(array: np.ndarray, index: int, low: float, high: float, dtype_name
         work[np.isnan(work)] = 0.0
         return work.astype(np.uint8)
     shape = array.shape[1:] if is_batch else array.shape
-    raise _error(index, None, shape, dtype_name, "unsupported dtype; expected float, integer, uint8 or bool pixels")
+    raise image_error(index, None, shape, dtype_name, "unsupported dtype; expected float, integer, uint8 or bool pixels")
 
 
 def _pil_to_hwc(image: Image.Image, index: int) -> np.ndarray:
@@ -269,32 +257,6 @@ def _pil_to_hwc(image: Image.Image, index: int) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
-def to_pil(image: np.ndarray) -> Image.Image:
-    """Turn one uint8 (H, W, C) array from ``to_uint8_hwc`` into a PIL image.
-
-    Args:
-        image: uint8 array of shape (H, W, 1), (H, W, 3), (H, W, 4) or (H, W).
-
-    Returns:
-        A PIL image of mode "L" (one channel, squeezed), "RGB" or "RGBA".
-
-    Raises:
-        ImageInputError: the array is not uint8, not 2-D or 3-D, empty, or has a channel count other than 1, 3, 4.
-    """
-    array = np.asarray(image)
-    if array.dtype != np.uint8 or array.ndim not in (2, 3) or array.size == 0:
-        raise ImageInputError(
-            f"to_pil: shape {array.shape}, dtype {array.dtype}: expected a non-empty uint8 (H, W, C) array; "
-            "convert with to_uint8_hwc first"
-        )
-    if array.ndim == 3:
-        if array.shape[2] not in CHANNELS:
-            raise ImageInputError(f"to_pil: shape {array.shape}, dtype uint8: channels must be 1, 3 or 4")
-        if array.shape[2] == 1:
-            array = array[:, :, 0]
-    return Image.fromarray(np.ascontiguousarray(array))
-
-
 # ---------------------------------------------------------------------------------------------------- captions
 
 
@@ -313,9 +275,9 @@ def normalize_captions(captions: str | Sequence[str | None] | None, n_images: in
         A list of ``n_images`` entries, each a str or None.
 
     Raises:
-        ValueError: the number of captions differs from ``n_images`` ("N captions for M images"; the seed crashed
-            on fewer captions than images), a single string is given for several images, or ``n_images`` < 0.
-        TypeError: ``captions`` is neither None, a str, nor a list/tuple.
+        ImageInputError: the number of captions differs from ``n_images`` ("N captions for M images"), a single
+            string is given for several images, or ``captions`` is neither None, a str, nor a list/tuple.
+        ValueError: ``n_images`` is negative (a bug in the caller, not in the user's input).
     """
     if isinstance(n_images, bool) or not isinstance(n_images, int) or n_images < 0:
         raise ValueError(f"n_images={n_images!r} must be a non-negative int")
@@ -323,143 +285,13 @@ def normalize_captions(captions: str | Sequence[str | None] | None, n_images: in
         return [None] * n_images
     if isinstance(captions, str):
         if n_images != 1:
-            raise ValueError(
+            raise ImageInputError(
                 f"1 caption (a single str) for {n_images} images; pass a list of {n_images} captions "
                 f"(e.g. [caption] * {n_images} to repeat it)"
             )
         return [captions]
     if not isinstance(captions, (list, tuple)):
-        raise TypeError(f"captions must be None, a str or a list of str, not {type(captions).__name__}")
+        raise ImageInputError(f"captions must be None, a str or a list of str, not {type(captions).__name__}")
     if len(captions) != n_images:
-        raise ValueError(f"{len(captions)} captions for {n_images} images; pass one caption (or None) per image")
+        raise ImageInputError(f"{len(captions)} captions for {n_images} images; pass one caption (or None) per image")
     return [None if c is None else c if isinstance(c, str) else str(c) for c in captions]
-
-
-# -------------------------------------------------------------------------------------------------- fair shares
-
-
-def fair_shares(counts: Sequence[int], cap: int) -> list[int]:
-    """Split ``cap`` image slots among ranks offering ``counts[r]`` images: max-min fair (water-filling).
-
-    Every rank gets ``min(counts[r], level)`` or one more; capacity a rank cannot use goes to ranks with more
-    images; when slots cannot be split evenly the extra ones go to the lowest ranks. The result depends only on
-    the arguments, so every rank computes the same split without talking.
-
-    Args:
-        counts: images offered by each rank (non-negative ints), indexed by rank.
-        cap: most images to log in total (non-negative int), e.g. ``max_images_to_log``.
-
-    Returns:
-        Per-rank allowances ``a`` with ``0 <= a[r] <= counts[r]`` and ``sum(a) == min(cap, sum(counts))``.
-
-    Raises:
-        ValueError: a count or ``cap`` is negative or not an int.
-
-    Example:
-        >>> fair_shares([1, 8, 8, 2], 10)
-        [1, 4, 3, 2]
-    """
-    for name, value in [("cap", cap)] + [(f"counts[{r}]", c) for r, c in enumerate(counts)]:
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-            raise ValueError(f"{name}={value!r} must be a non-negative int")
-    counts = [int(c) for c in counts]
-    shares = [0] * len(counts)
-    remaining = int(cap)
-    active = [r for r, c in enumerate(counts) if c > 0]  # ranks that could still take more, in rank order
-    while active and remaining > 0:
-        level = remaining // len(active)
-        if level == 0:  # fewer slots than hungry ranks: one each to the lowest ranks
-            for r in active[:remaining]:
-                shares[r] += 1
-            break
-        for r in active:
-            give = min(level, counts[r] - shares[r])
-            shares[r] += give
-            remaining -= give
-        active = [r for r in active if shares[r] < counts[r]]
-    return shares
-
-
-# ---------------------------------------------------------------------------------------------------- transport
-
-
-def encode_for_transport(images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Pack uint8 (H, W, C) images into an int64 shape table and one flat uint8 buffer (one copy).
-
-    Args:
-        images: uint8 arrays of shape (H, W, C), C in {1, 3, 4}, as returned by ``to_uint8_hwc``.
-
-    Returns:
-        ``(shapes, buffer)``: ``shapes`` an int64 array of shape (N, 3) holding each (H, W, C); ``buffer`` a 1-D
-        uint8 array of length ``transport_nbytes(shapes)`` holding the images' bytes back to back, in C order.
-
-    Raises:
-        ImageInputError: an image is not a non-empty uint8 (H, W, C) array with C in {1, 3, 4}.
-    """
-    shapes = np.zeros((len(images), 3), dtype=np.int64)
-    for i, image in enumerate(images):
-        a = np.asarray(image)
-        if a.dtype != np.uint8 or a.ndim != 3 or a.size == 0 or a.shape[2] not in CHANNELS:
-            raise _error(i, None, a.shape, a.dtype, "expected a non-empty uint8 (H, W, C) array, C in 1, 3, 4")
-        shapes[i] = a.shape
-    buffer = np.empty(transport_nbytes(shapes), dtype=np.uint8)
-    offset = 0
-    for image, size in zip(images, shapes.prod(axis=1).tolist()):
-        buffer[offset : offset + size].reshape(np.asarray(image).shape)[...] = image
-        offset += size
-    return shapes, buffer
-
-
-def transport_nbytes(shapes: np.ndarray) -> int:
-    """Number of buffer bytes a shape table describes.
-
-    Args:
-        shapes: int array of shape (N, 3), as returned by ``encode_for_transport``.
-
-    Returns:
-        The sum over images of H * W * C.
-
-    Raises:
-        ValueError: ``shapes`` is not an (N, 3) integer array of positive sizes with C in {1, 3, 4}.
-    """
-    table = np.asarray(shapes)
-    if table.ndim != 2 or table.shape[1] != 3 or (table.size and table.dtype.kind not in "iu"):
-        raise ValueError(f"shapes has shape {table.shape} and dtype {table.dtype}; expected an (N, 3) int table")
-    if table.size:
-        if (table[:, :2] <= 0).any() or not np.isin(table[:, 2], CHANNELS).all():
-            bad = int(np.argmax((table[:, :2] <= 0).any(axis=1) | ~np.isin(table[:, 2], CHANNELS)))
-            raise ValueError(f"shapes[{bad}] = {table[bad].tolist()} is not a valid (H, W, C) with C in 1, 3, 4")
-    return int(table.astype(np.int64).prod(axis=1).sum())
-
-
-def decode_from_transport(shapes: np.ndarray, buffer: np.ndarray) -> list[np.ndarray]:
-    """Unpack what ``encode_for_transport`` packed: views into ``buffer``, no copies.
-
-    Args:
-        shapes: int array of shape (N, 3), each row an image's (H, W, C).
-        buffer: 1-D uint8 array (or anything ``numpy.asarray`` reads as one, e.g. a CPU uint8 tensor) of exactly
-            ``transport_nbytes(shapes)`` bytes. Slice a padded receive buffer to that length first.
-
-    Returns:
-        N uint8 arrays of shape (H, W, C); each is a view of ``buffer`` when ``buffer`` is a contiguous uint8
-        numpy array.
-
-    Raises:
-        ValueError: the shape table is malformed, the buffer is not 1-D uint8, or its length differs from what
-            the shapes need.
-    """
-    need = transport_nbytes(shapes)
-    flat = np.asarray(buffer)
-    if flat.dtype != np.uint8 or flat.ndim != 1:
-        raise ValueError(f"buffer has shape {flat.shape} and dtype {flat.dtype}; expected a 1-D uint8 array")
-    if flat.shape[0] != need:
-        raise ValueError(
-            f"buffer holds {flat.shape[0]} bytes but the {len(shapes)} image shapes need {need} bytes"
-        )
-    out: list[np.ndarray] = []
-    offset = 0
-    for h, w, c in np.asarray(shapes).tolist():
-        size = h * w * c
-        out.append(flat[offset : offset + size].reshape(h, w, c))
-        offset += size
-    return out

@@ -1,12 +1,11 @@
-"""Tests of sdxl_dist_log.media: image conversion, captions, fair shares, transport packing.
+"""Tests of sdxl_dist_log.images.convert: every image input users pass becomes a uint8 HWC array, or a clear error.
 
-Each defect of the seed's image logging (BRIEF §2) has a test here that would have caught it: CHW tensors and
-fp16/bf16 crashed, floats in [-1, 1] wrapped around in uint8, fewer captions than images crashed.
+The classic traps of logging images from a training loop each have a test here: CHW tensors, fp16/bf16, floats in
+[-1, 1] that would wrap around in uint8, fewer captions than images.
 """
 
 from __future__ import annotations
 
-import itertools
 import subprocess
 import sys
 
@@ -14,16 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdxl_dist_log.media import (
-    ImageInputError,
-    decode_from_transport,
-    encode_for_transport,
-    fair_shares,
-    normalize_captions,
-    to_pil,
-    to_uint8_hwc,
-    transport_nbytes,
-)
+from sdxl_dist_log.errors import ImageInputError
+from sdxl_dist_log.images.convert import normalize_captions, to_uint8_hwc
 
 torch = pytest.importorskip("torch")
 
@@ -43,12 +34,12 @@ def _check_output(a: np.ndarray) -> None:
     assert a.flags["C_CONTIGUOUS"]
 
 
-# ------------------------------------------------------------------------------------------- seed defect: floats
+# ------------------------------------------------------------------------------------------- floats in a range
 
 
 @pytest.mark.parametrize("dtype", FLOAT_TORCH_DTYPES, ids=str)
 def test_minus_one_one_floats_clamp_never_wrap(dtype):
-    # The seed cast [-1, 1] floats straight to uint8: -1 became 255. We map, round to nearest and clamp.
+    # A plain cast of [-1, 1] floats to uint8 turns -1 into 255: we map, round to nearest and clamp.
     values = torch.tensor([-1.0, 0.0, 1.0, 1.5, -2.0, 0.5], dtype=dtype).reshape(1, 1, 6)
     got = _one(values, value_range=(-1.0, 1.0))[0, :, 0].tolist()
     # 0 -> 127.5 rounds up to 128; 0.5 -> 191.25 -> 191; out-of-range values clamp to the ends.
@@ -87,13 +78,13 @@ def test_bad_value_range(bad):
         to_uint8_hwc(np.zeros((2, 2), np.float32), value_range=bad)
 
 
-# ---------------------------------------------------------------------------------- seed defect: CHW, fp16, bf16
+# ---------------------------------------------------------------------------------- CHW, fp16, bf16
 
 
 @pytest.mark.parametrize("dtype", FLOAT_TORCH_DTYPES + [torch.uint8, torch.bool], ids=str)
 @pytest.mark.parametrize("channels", [1, 3, 4])
 def test_torch_chw_becomes_hwc(dtype, channels):
-    # The seed crashed on CHW tensors (the documented `torch.randn(3, 64, 64)`) and on fp16/bf16.
+    # CHW tensors (`torch.randn(3, 64, 64)`) and fp16/bf16 are what training loops hand over.
     base = torch.arange(channels * 5 * 7, dtype=torch.float64).reshape(channels, 5, 7) % 2
     t = base.to(dtype)
     a = _one(t)
@@ -105,7 +96,7 @@ def test_torch_chw_becomes_hwc(dtype, channels):
     np.testing.assert_array_equal(a, expected)
 
 
-def test_seed_readme_example_randn_chw():
+def test_randn_chw_example():
     a = _one(torch.randn(3, 64, 64))
     assert a.shape == (64, 64, 3) and a.dtype == np.uint8
 
@@ -370,30 +361,6 @@ def test_pil_mode_f_clamps_and_rounds():
     assert _one(image)[0, :, 0].tolist() == [0, 2, 255]
 
 
-# ---------------------------------------------------------------------------------------------------- to_pil
-
-
-@pytest.mark.parametrize(("channels", "mode"), [(1, "L"), (3, "RGB"), (4, "RGBA")])
-def test_to_pil_modes_and_round_trip(channels, mode):
-    a = np.random.default_rng(2).integers(0, 256, (6, 7, channels), dtype=np.uint8)
-    image = to_pil(a)
-    assert image.mode == mode and image.size == (7, 6)
-    np.testing.assert_array_equal(_one(image), a)
-
-
-def test_to_pil_accepts_hw():
-    assert to_pil(np.zeros((3, 4), np.uint8)).mode == "L"
-
-
-@pytest.mark.parametrize(
-    "bad", [np.zeros((3, 4, 3), np.float32), np.zeros((3, 4, 2), np.uint8), np.zeros((0, 4, 3), np.uint8),
-            np.zeros((2, 3, 4, 3), np.uint8)]
-)
-def test_to_pil_rejects(bad):
-    with pytest.raises(ImageInputError):
-        to_pil(bad)
-
-
 # -------------------------------------------------------------------------------------------------- captions
 
 
@@ -408,14 +375,13 @@ def test_single_caption_single_image():
 
 @pytest.mark.parametrize("n", [0, 2, 5])
 def test_single_caption_many_images_is_an_error(n):
-    with pytest.raises(ValueError, match=f"1 caption .* for {n} images"):
+    with pytest.raises(ImageInputError, match=f"1 caption .* for {n} images"):
         normalize_captions("a cat", n)
 
 
 @pytest.mark.parametrize(("n_captions", "n_images"), [(1, 3), (2, 3), (0, 1), (4, 3)])
 def test_caption_count_mismatch_names_both(n_captions, n_images):
-    # The seed crashed (IndexError) on fewer captions than images.
-    with pytest.raises(ValueError, match=f"^{n_captions} captions for {n_images} images"):
+    with pytest.raises(ImageInputError, match=f"^{n_captions} captions for {n_images} images"):
         normalize_captions([f"c{i}" for i in range(n_captions)], n_images)
 
 
@@ -426,7 +392,7 @@ def test_captions_list_and_tuple_with_none_and_non_str():
 
 @pytest.mark.parametrize("bad", [{"a": 1}, 5, b"bytes"])
 def test_captions_bad_type(bad):
-    with pytest.raises(TypeError):
+    with pytest.raises(ImageInputError, match="captions must be"):
         normalize_captions(bad, 1)
 
 
@@ -436,184 +402,17 @@ def test_captions_bad_n_images(n):
         normalize_captions(None, n)
 
 
-# ----------------------------------------------------------------------------------------------- fair shares
-
-
-def _check_fair(counts, cap, shares):
-    """Feasible, full, and max-min fair with ties to lower ranks (these properties determine the answer)."""
-    assert len(shares) == len(counts)
-    assert sum(shares) == min(cap, sum(counts))
-    for r, (s, c) in enumerate(zip(shares, counts)):
-        assert 0 <= s <= c
-        if s < c:  # an unsaturated rank: nobody holds more than one above it, and only a lower rank holds one more
-            for q, t in enumerate(shares):
-                assert t <= s + 1, (counts, cap, shares)
-                if t == s + 1:
-                    assert q < r, (counts, cap, shares)
-
-
-@pytest.mark.parametrize(
-    ("counts", "cap", "expected"),
-    [
-        ([], 5, []),
-        ([4, 4], 0, [0, 0]),
-        ([0, 0, 0], 10, [0, 0, 0]),
-        ([0, 0, 0], 0, [0, 0, 0]),
-        ([3, 3], 16, [3, 3]),
-        ([8, 8], 16, [8, 8]),
-        ([8, 8, 8, 8], 16, [4, 4, 4, 4]),
-        ([100, 0, 0, 0], 16, [16, 0, 0, 0]),
-        ([100, 1, 1, 1], 16, [13, 1, 1, 1]),
-        ([1, 100, 2, 0], 16, [1, 13, 2, 0]),
-        ([5, 5, 5], 7, [3, 2, 2]),
-        ([5, 5, 5], 2, [1, 1, 0]),
-        ([0, 5, 5], 1, [0, 1, 0]),
-        ([1, 8, 8, 2], 10, [1, 4, 3, 2]),
-        ([2, 9, 3, 9], 12, [2, 4, 3, 3]),
-        ([10**9, 10**9], 10**12, [10**9, 10**9]),
-    ],
-)
-def test_fair_shares_examples(counts, cap, expected):
-    shares = fair_shares(counts, cap)
-    assert shares == expected
-    _check_fair(counts, cap, shares)
-
-
-def _brute_force(counts, cap):
-    """All feasible full allocations satisfying the fairness property (there must be exactly one)."""
-    total = min(cap, sum(counts))
-    found = []
-    for shares in itertools.product(*(range(c + 1) for c in counts)):
-        if sum(shares) != total:
-            continue
-        try:
-            _check_fair(counts, cap, list(shares))
-        except AssertionError:
-            continue
-        found.append(list(shares))
-    return found
-
-
-def test_fair_shares_exhaustive_small():
-    checked = 0
-    for n_ranks in range(1, 4):
-        for counts in itertools.product(range(5), repeat=n_ranks):
-            for cap in range(sum(counts) + 2):
-                shares = fair_shares(list(counts), cap)
-                _check_fair(counts, cap, shares)
-                assert _brute_force(counts, cap) == [shares], (counts, cap)
-                checked += 1
-    assert checked > 1000
-
-
-def test_fair_shares_random_larger_properties():
-    rng = np.random.default_rng(3)
-    for _ in range(300):
-        counts = rng.integers(0, 40, rng.integers(1, 17)).tolist()
-        cap = int(rng.integers(0, 200))
-        _check_fair(counts, cap, fair_shares(counts, cap))
-
-
-def test_fair_shares_accepts_numpy_ints_and_is_deterministic():
-    counts = list(np.array([3, 9, 1], dtype=np.int64))
-    assert fair_shares(counts, np.int64(8)) == fair_shares([3, 9, 1], 8) == [3, 4, 1]
-
-
-@pytest.mark.parametrize(("counts", "cap"), [([1, -1], 3), ([1, 2], -1), ([1.5], 2), ([1], 2.0), ([True], 1)])
-def test_fair_shares_rejects_bad_input(counts, cap):
-    with pytest.raises(ValueError, match="non-negative int"):
-        fair_shares(counts, cap)
-
-
-# ------------------------------------------------------------------------------------------------- transport
-
-
-def _random_images():
-    rng = np.random.default_rng(4)
-    return [rng.integers(0, 256, shape, dtype=np.uint8) for shape in [(3, 5, 3), (1, 1, 1), (8, 2, 4), (6, 6, 3)]]
-
-
-@pytest.mark.parametrize("count", [0, 1, 4])
-def test_transport_round_trip(count):
-    images = _random_images()[:count]
-    shapes, buffer = encode_for_transport(images)
-    assert shapes.dtype == np.int64 and shapes.shape == (count, 3)
-    assert buffer.dtype == np.uint8 and buffer.ndim == 1 and buffer.size == transport_nbytes(shapes)
-    decoded = decode_from_transport(shapes, buffer)
-    assert len(decoded) == count
-    for got, want in zip(decoded, images):
-        np.testing.assert_array_equal(got, want)
-        assert got.dtype == np.uint8 and got.shape == want.shape
-
-
-def test_decode_returns_views_of_the_buffer():
-    shapes, buffer = encode_for_transport(_random_images())
-    for image in decode_from_transport(shapes, buffer):
-        assert np.shares_memory(image, buffer)
-
-
-def test_encode_copies_non_contiguous_images_correctly():
-    base = np.random.default_rng(5).integers(0, 256, (10, 10, 3), dtype=np.uint8)
-    view = base[::2, ::-3]
-    shapes, buffer = encode_for_transport([view])
-    np.testing.assert_array_equal(decode_from_transport(shapes, buffer)[0], view)
-
-
-def test_transport_through_torch_tensors():
-    # What the collectives do: send shapes and buffer as tensors, decode what arrives.
-    images = to_uint8_hwc([torch.rand(2, 3, 4, 5), np.zeros((3, 3), np.uint8)])
-    shapes, buffer = encode_for_transport(images)
-    t_shapes, t_buffer = torch.from_numpy(shapes), torch.from_numpy(buffer)
-    decoded = decode_from_transport(t_shapes.numpy(), t_buffer)
-    for got, want in zip(decoded, images):
-        np.testing.assert_array_equal(got, want)
-
-
-@pytest.mark.parametrize("delta", [-1, 1])
-def test_decode_rejects_wrong_buffer_length(delta):
-    shapes, buffer = encode_for_transport(_random_images())
-    wrong = np.zeros(buffer.size + delta, np.uint8)
-    with pytest.raises(ValueError, match=rf"buffer holds {buffer.size + delta} bytes but the 4 image shapes need "
-                                         rf"{buffer.size} bytes"):
-        decode_from_transport(shapes, wrong)
-
-
-@pytest.mark.parametrize(
-    ("shapes", "buffer", "pattern"),
-    [
-        (np.zeros((2, 2), np.int64), np.zeros(0, np.uint8), r"\(N, 3\)"),
-        (np.array([[2, 2, 2]]), np.zeros(8, np.uint8), r"shapes\[0\]"),
-        (np.array([[2, 0, 3]]), np.zeros(0, np.uint8), r"shapes\[0\]"),
-        (np.array([[1, 1, 3], [-1, 2, 3]]), np.zeros(3, np.uint8), r"shapes\[1\]"),
-        (np.array([[1.0, 1.0, 3.0]]), np.zeros(3, np.uint8), r"int table"),
-        (np.array([[1, 1, 3]]), np.zeros(3, np.int64), r"1-D uint8"),
-        (np.array([[1, 1, 3]]), np.zeros((1, 3), np.uint8), r"1-D uint8"),
-    ],
-)
-def test_decode_rejects_malformed(shapes, buffer, pattern):
-    with pytest.raises(ValueError, match=pattern):
-        decode_from_transport(shapes, buffer)
-
-
-@pytest.mark.parametrize(
-    "bad", [np.zeros((2, 2), np.uint8), np.zeros((2, 2, 3), np.float32), np.zeros((2, 2, 2), np.uint8)]
-)
-def test_encode_rejects_non_hwc_uint8(bad):
-    with pytest.raises(ImageInputError, match="image 1"):
-        encode_for_transport([np.zeros((1, 1, 1), np.uint8), bad])
-
-
 # ------------------------------------------------------------------------------------------------ import hygiene
 
 
-def test_media_imports_neither_torch_nor_wandb():
+def test_images_import_neither_torch_nor_wandb():
     code = (
         "import sys\n"
         "import numpy as np\n"
         "from PIL import Image\n"
-        "from sdxl_dist_log import media\n"
-        "media.to_uint8_hwc([np.zeros((3, 4, 4), np.float32), Image.new('P', (2, 2))])\n"
-        "media.decode_from_transport(*media.encode_for_transport(media.to_uint8_hwc(np.zeros((2, 2)))))\n"
+        "from sdxl_dist_log.images import convert, transport\n"
+        "convert.to_uint8_hwc([np.zeros((3, 4, 4), np.float32), Image.new('P', (2, 2))])\n"
+        "transport.decode_from_transport(*transport.encode_for_transport(convert.to_uint8_hwc(np.zeros((2, 2)))))\n"
         "bad = [m for m in ('torch', 'wandb', 'torch.distributed') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )

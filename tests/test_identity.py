@@ -1,4 +1,4 @@
-"""Tests of sdxl_dist_log.launch.naming: group, job_type, run id and resume as pure functions of config and env.
+"""Tests of sdxl_dist_log.identity: group, job_type, run id and resume as pure functions of config and launch.
 
 The table in docs/naming.md is this file's parametrization written out; a change of rule changes both.
 """
@@ -10,8 +10,17 @@ import re
 import pytest
 
 from sdxl_dist_log.config import WandbConfig
-from sdxl_dist_log.launch.naming import derive_group, derive_job_type, derive_run_id, resume_mode
-from sdxl_dist_log.ranks import RankInfo
+from sdxl_dist_log.identity import (
+    CONFIG_SECTION,
+    RunIdentity,
+    derive_group,
+    derive_job_type,
+    derive_run_id,
+    launch_record,
+    propose_identity,
+    resume_mode,
+)
+from sdxl_dist_log.ranks import Launch
 
 SLURM_JOB = {"SLURM_JOB_ID": "4242", "SLURM_PROCID": "0", "SLURM_NTASKS": "2"}
 SLURM_ARRAY = {"SLURM_JOB_ID": "4250", "SLURM_ARRAY_JOB_ID": "4242", "SLURM_ARRAY_TASK_ID": "7",
@@ -23,6 +32,10 @@ RANDOM_ID = re.compile(r"[0-9a-f]{8}")
 
 def _cfg(**kw) -> WandbConfig:
     return WandbConfig(mode="offline", **kw)
+
+
+def _launch(env: dict[str, str]) -> Launch:
+    return Launch.from_env(env, hostname="h")
 
 
 # -- group ------------------------------------------------------------------------------------------------------
@@ -47,8 +60,7 @@ def _cfg(**kw) -> WandbConfig:
     ],
 )
 def test_derive_group(config: dict, env: dict[str, str], expected: str | None) -> None:
-    rank = RankInfo.from_env(env, hostname="h")
-    assert derive_group(_cfg(**config), rank, env) == expected
+    assert derive_group(_cfg(**config), _launch(env)) == expected
 
 
 # -- job_type ---------------------------------------------------------------------------------------------------
@@ -67,8 +79,7 @@ def test_derive_group(config: dict, env: dict[str, str], expected: str | None) -
     ],
 )
 def test_derive_job_type(config: dict, env: dict[str, str], expected: str) -> None:
-    rank = RankInfo.from_env(env, hostname="h")
-    assert derive_job_type(_cfg(**config), rank, env) == expected
+    assert derive_job_type(_cfg(**config), _launch(env)) == expected
 
 
 # -- run id -----------------------------------------------------------------------------------------------------
@@ -92,7 +103,7 @@ def test_derive_job_type(config: dict, env: dict[str, str], expected: str) -> No
     ],
 )
 def test_derive_run_id_stable(config: dict, env: dict[str, str], expected: str) -> None:
-    run_id, stable = derive_run_id(_cfg(**config), env)
+    run_id, stable = derive_run_id(_cfg(**config), _launch(env))
     assert (run_id, stable) == (expected, True)
 
 
@@ -106,8 +117,8 @@ def test_derive_run_id_stable(config: dict, env: dict[str, str], expected: str) 
     ],
 )
 def test_derive_run_id_random_is_not_stable(env: dict[str, str]) -> None:
-    first, stable = derive_run_id(_cfg(), env)
-    second, _ = derive_run_id(_cfg(), env)
+    first, stable = derive_run_id(_cfg(), _launch(env))
+    second, _ = derive_run_id(_cfg(), _launch(env))
     assert stable is False
     assert RANDOM_ID.fullmatch(first)
     assert first != second
@@ -138,7 +149,33 @@ def test_resume_mode(resume: bool | str, stable: bool, expected: str | None) -> 
 )
 def test_requeue_gets_the_same_run(env: dict[str, str]) -> None:
     """A requeued job keeps SLURM_JOB_ID (and the array ids): same run id, resumed with 'allow'."""
-    first = derive_run_id(_cfg(), env)
-    requeued = derive_run_id(_cfg(), {**env, "SLURM_RESTART_COUNT": "1"})
+    first = derive_run_id(_cfg(), _launch(env))
+    requeued = derive_run_id(_cfg(), _launch({**env, "SLURM_RESTART_COUNT": "1"}))
     assert first == requeued
     assert resume_mode(_cfg(), requeued[1]) == "allow"
+
+
+# -- the proposal and the launch record -------------------------------------------------------------------------
+def test_proposal_of_a_slurm_job_resumes_and_names_by_the_job() -> None:
+    proposed, resume = propose_identity(_cfg(tags=["a"]), _launch(SLURM_JOB))
+    assert proposed == RunIdentity(run_id="slurm-4242", name="slurm-4242", group="slurm-4242",
+                                   job_type="train-slurm", mode="offline", tags=("a",))
+    assert resume == "allow"
+
+
+def test_proposal_keeps_a_configured_name_and_a_fresh_id_is_not_resumed() -> None:
+    proposed, resume = propose_identity(_cfg(name="sweep-3"), _launch({}))
+    assert proposed.name == "sweep-3" and RANDOM_ID.fullmatch(proposed.run_id)
+    assert resume is None
+
+
+def test_launch_record_carries_the_step_metric_and_the_job() -> None:
+    record = launch_record(_cfg(step_metric="global_step"), _launch(SRUN_TORCHRUN))
+    assert record == {"launcher": "torchrun", "world_size": 2, "num_nodes": 1, "job_id": "4242",
+                      "primary_host": "h", "step_metric": "global_step"}
+    assert CONFIG_SECTION == "sdxl_dist_log"
+
+
+def test_identity_survives_the_json_broadcast() -> None:
+    identity = RunIdentity("id", "name", "g", "jt", mode="offline", run_dir="/r", fallback_reason=None, tags=("t",))
+    assert RunIdentity.from_json(identity.to_json()) == identity
