@@ -42,8 +42,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 from bench_metrics import (  # noqa: E402
+    CollectiveProbe,
     Control,
-    Probe,
     check_device_args,
     machine_line,
     median_us,
@@ -99,7 +99,7 @@ def _images_child(rank: int, world: int, cfg: dict[str, Any]) -> dict[str, Any]:
     loggers = {"ours": WandbLogger(WandbConfig(**base, mode="disabled"))}
     if cfg["offline"]:
         loggers["ours_offline"] = WandbLogger(WandbConfig(**base, mode="offline"))
-    probe = Probe(count_syncs=device == "cuda")
+    probe = CollectiveProbe(count_syncs=device == "cuda")
     names = [p for p in PATTERNS if p in loggers or not p.startswith("ours")]
 
     def pattern(name: str, images: Any, k: int, size: int) -> Callable[[int], Any]:

@@ -17,7 +17,8 @@ every rank, in real processes (one per rank) joined by a process group:
 Counts are taken in a separate pass with wrapped functions (so the wrappers never perturb the times):
 ``torch.distributed`` functions are wrapped at both ``torch.distributed`` and ``distributed_c10d`` (so the collectives
 that ``all_gather_object`` issues inside count as "wire" collectives), with the bytes of the tensors each rank puts in;
-ours is cross-checked against ``WandbLogger.collective_counts``. With ``--device cuda`` host syncs are counted twice:
+the counts come from ``sdxl_dist_log.testing.probe``, the same probe the tests assert with. With ``--device cuda``
+host syncs are counted twice:
 by wrapping ``Tensor.item/.cpu/.tolist/.to/__float__/__int__/__bool__``, ``torch.cuda.synchronize``,
 ``torch.cuda.Event.synchronize`` and ``torch.cuda.Stream.synchronize`` (calls on CUDA tensors only), and by
 ``torch.cuda.set_sync_debug_mode("warn")`` with every warning recorded; both are split by thread (training thread vs
@@ -37,18 +38,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import multiprocessing as mp
+import functools
 import os
 import platform
-import queue as queue_module
 import statistics
 import sys
 import tempfile
-import threading
 import time
-import traceback
-import warnings
-from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -58,22 +54,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
-from sdxl_dist_log.launch.ports import free_port  # noqa: E402
+from sdxl_dist_log.launch.local import run_ranks, values_or_raise  # noqa: E402
+from sdxl_dist_log.testing.probe import CollectiveProbe  # noqa: E402
+from sdxl_dist_log.testing.wandb_env import wandb_environment as wandb_env  # noqa: E402
 
 # ------------------------------------------------------------------------------------------------------------------
 # Shared helpers (bench_images.py imports these)
 # ------------------------------------------------------------------------------------------------------------------
-
-
-def wandb_env(root: str) -> dict[str, str]:
-    """Private W&B directories, silent, no error reporting (as tests/conftest.py sets them)."""
-    env = {"WANDB_SILENT": "true", "WANDB_ERROR_REPORTING": "false"}
-    for name, sub in (("WANDB_DIR", "dir"), ("WANDB_DATA_DIR", "data"), ("WANDB_CACHE_DIR", "cache"),
-                      ("WANDB_CONFIG_DIR", "config"), ("WANDB_ARTIFACT_DIR", "artifacts")):
-        path = os.path.join(root, sub)
-        os.makedirs(path, exist_ok=True)
-        env[name] = path
-    return env
 
 
 def machine_line() -> str:
@@ -122,218 +109,23 @@ def check_device_args(parser: argparse.ArgumentParser, args: argparse.Namespace)
             parser.error(f"--backend nccl needs a GPU per rank: {count} visible, --ranks {args.ranks}")
 
 
-def _child(fn: Callable[..., Any], rank: int, world: int, port: int, backend: str, device: str, env: dict[str, str],
-           payload: Any, out: Any) -> None:
-    os.environ.update(env)
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    result: dict[str, Any] = {"rank": rank}
-    try:
-        kwargs: dict[str, Any] = {}
-        if device == "cuda":
-            local = rank % torch.cuda.device_count()
-            torch.cuda.set_device(local)
-            if backend == "nccl":
-                kwargs["device_id"] = torch.device("cuda", local)
-        dist.init_process_group(backend, rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120),
-                                **kwargs)
-        result["value"] = fn(rank, world, payload)
-    except BaseException as exc:  # reported to the parent
-        result["error"] = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
-    try:
-        out.put(result)
-        out.close()
-        out.join_thread()
-    finally:
-        if "wandb" in sys.modules:
-            try:
-                sys.modules["wandb"].teardown()
-            except Exception:
-                pass
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)  # skip gloo/NCCL teardown that can block on peers that already left
-
-
 def run_world(fn: Callable[..., Any], world: int, payload: Any, *, backend: str = "gloo", device: str = "cpu",
               env: dict[str, str] | None = None, timeout: float = 600.0, start_method: str | None = None) -> list[Any]:
-    """Run ``fn(rank, world, payload)`` on ``world`` real processes with an initialised process group.
+    """Run ``fn(rank, world, payload)`` on ``world`` real processes joined by a process group; values by rank.
 
     Forked on CPU (cheap), spawned with CUDA (a forked CUDA context is unusable); ``fn`` must then be a module-level
-    function. Returns the values by rank; raises RuntimeError with the child's traceback if any rank failed.
+    function.
     """
-    ctx = mp.get_context(start_method or ("spawn" if device == "cuda" else "fork"))
-    out = ctx.Queue()
-    port = free_port()
-    procs = [ctx.Process(target=_child, args=(fn, r, world, port, backend, device, env or {}, payload, out))
-             for r in range(world)]
-    for proc in procs:
-        proc.start()
-    results: dict[int, dict[str, Any]] = {}
-    deadline = time.monotonic() + timeout
-    try:
-        while len(results) < world:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"ranks {sorted(set(range(world)) - set(results))} did not finish in {timeout} s")
-            try:
-                item = out.get(timeout=1.0)
-            except queue_module.Empty:
-                dead = [r for r, p in enumerate(procs) if not p.is_alive() and r not in results]
-                if dead:
-                    raise RuntimeError(f"ranks {dead} died: exit codes {[procs[r].exitcode for r in dead]}")
-                continue
-            results[item["rank"]] = item
-    finally:
-        for proc in procs:
-            proc.join(timeout=5)
-            if proc.is_alive():
-                proc.kill()
-                proc.join(timeout=5)
-    errors = [f"rank {r}: {v['error']}" for r, v in sorted(results.items()) if "error" in v]
-    if errors:
-        raise RuntimeError("\n".join(errors))
-    return [results[r]["value"] for r in range(world)]
+    results = run_ranks(functools.partial(_call_with_world, fn, world, payload), world, timeout=timeout,
+                        backend=backend, env=env, pg_timeout=120.0,
+                        start_method=start_method or ("spawn" if device == "cuda" else "fork"))
+    return values_or_raise(results)
 
 
-_COLLECTIVES = ("all_reduce", "all_gather", "all_gather_into_tensor", "all_gather_single", "gather", "scatter",
-                "broadcast", "reduce", "reduce_scatter_tensor", "all_to_all_single", "barrier", "monitored_barrier",
-                "send", "recv", "isend", "irecv")
-_OBJECT_COLLECTIVES = ("all_gather_object", "gather_object", "broadcast_object_list", "scatter_object_list")
-# (argument holding what this rank sends, argument receiving) per op; None: nothing / same tensor.
-_BYTES_ARGS = {"all_reduce": ("tensor", None), "all_gather": ("tensor", "tensor_list"),
-               "all_gather_into_tensor": ("input_tensor", "output_tensor"),
-               "all_gather_single": ("input_tensor", "output_tensor"), "gather": ("tensor", "gather_list"),
-               "broadcast": ("tensor", None), "reduce": ("tensor", None), "send": ("tensor", None),
-               "isend": ("tensor", None), "recv": (None, "tensor"), "irecv": (None, "tensor")}
+def _call_with_world(fn: Callable[..., Any], world: int, payload: Any, rank: int) -> Any:
+    return fn(rank, world, payload)
 
 
-def _nbytes(value: Any) -> int:
-    if isinstance(value, torch.Tensor):
-        return value.numel() * value.element_size()
-    if isinstance(value, (list, tuple)):
-        return sum(_nbytes(v) for v in value)
-    return 0
-
-
-class Probe:
-    """Counts collectives (API level and on the wire), bytes each rank puts in, and host syncs, while installed.
-
-    Install it only around counting passes: its wrappers cost a few µs per call and would skew timings.
-    """
-
-    def __init__(self, count_syncs: bool) -> None:
-        import inspect
-
-        self.count_syncs = count_syncs
-        self._tls = threading.local()
-        self._main = threading.get_ident()
-        self._saved: list[tuple[Any, str, Any]] = []
-        self._signatures = {n: inspect.signature(getattr(dist.distributed_c10d, n))
-                            for n in _COLLECTIVES + _OBJECT_COLLECTIVES if hasattr(dist.distributed_c10d, n)}
-        self.reset()
-
-    def reset(self) -> None:
-        self.api: Counter[str] = Counter()
-        self.wire: Counter[str] = Counter()
-        self.sent = 0
-        self.received = 0
-        self.syncs: Counter[str] = Counter()  # "train" / "worker"
-        self.sync_warnings: Counter[str] = Counter()
-
-    @staticmethod
-    def on_device(tensor: torch.Tensor) -> bool:
-        """Whether reading this tensor on the host syncs with a device (CUDA, not CPU)."""
-        return tensor.device.type != "cpu"
-
-    def _thread(self) -> str:
-        return "train" if threading.get_ident() == self._main else "worker"
-
-    def _depth(self, kind: str = "depth") -> int:
-        return getattr(self._tls, kind, 0)
-
-    def _wrap_collective(self, name: str, original: Callable[..., Any]) -> Callable[..., Any]:
-        signature = self._signatures[name]
-        probe = self
-
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            depth = probe._depth()
-            if depth == 0:
-                probe.api[name] += 1
-            if name not in _OBJECT_COLLECTIVES:
-                probe.wire[name] += 1
-                send_arg, recv_arg = _BYTES_ARGS.get(name, (None, None))
-                bound = signature.bind_partial(*args, **kwargs).arguments
-                probe.sent += _nbytes(bound.get(send_arg)) if send_arg else 0
-                probe.received += _nbytes(bound.get(recv_arg)) if recv_arg else 0
-            probe._tls.depth = depth + 1
-            try:
-                return original(*args, **kwargs)
-            finally:
-                probe._tls.depth = depth
-
-        return wrapper
-
-    def _wrap_sync(self, name: str, original: Callable[..., Any], tensor_method: bool) -> Callable[..., Any]:
-        probe = self
-
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            counted = True
-            if tensor_method:
-                this = args[0]
-                counted = probe.on_device(this)
-                if name == "to":  # only device -> host copies sync
-                    target = next((a for a in list(args[1:]) + list(kwargs.values())
-                                   if isinstance(a, (str, torch.device))), None)
-                    counted = counted and target is not None and torch.device(target).type == "cpu"
-            depth = probe._depth("sync_depth")  # a sync inside a sync (e.g. .to inside .cpu) counts once
-            if counted and depth == 0:
-                probe.syncs[probe._thread()] += 1
-            probe._tls.sync_depth = depth + 1
-            try:
-                return original(*args, **kwargs)
-            finally:
-                probe._tls.sync_depth = depth
-
-        return wrapper
-
-    def _patch(self, owner: Any, name: str, new: Any) -> None:
-        own = name in vars(owner)  # inherited (Tensor.item lives on TensorBase): delete ours again on uninstall
-        self._saved.append((owner, name, vars(owner)[name] if own else None))
-        setattr(owner, name, new)
-
-    def install(self) -> None:
-        for name in self._signatures:
-            wrapper = self._wrap_collective(name, getattr(dist.distributed_c10d, name))
-            self._patch(dist.distributed_c10d, name, wrapper)
-            if hasattr(dist, name):
-                self._patch(dist, name, wrapper)
-        if self.count_syncs:
-            for name in ("item", "cpu", "tolist", "to", "__float__", "__int__", "__bool__"):
-                self._patch(torch.Tensor, name, self._wrap_sync(name, getattr(torch.Tensor, name), True))
-            self._patch(torch.cuda, "synchronize", self._wrap_sync("synchronize", torch.cuda.synchronize, False))
-            for cls in (torch.cuda.Event, torch.cuda.Stream):
-                self._patch(cls, "synchronize", self._wrap_sync("synchronize", cls.synchronize, False))
-            self._warn_state = (warnings.showwarning, list(warnings.filters))
-            warnings.simplefilter("always")
-            warnings.showwarning = self._on_warning
-            if torch.cuda.is_available():
-                torch.cuda.set_sync_debug_mode("warn")
-
-    def uninstall(self) -> None:
-        if self.count_syncs:
-            if torch.cuda.is_available():
-                torch.cuda.set_sync_debug_mode("default")
-            warnings.showwarning, warnings.filters[:] = self._warn_state[0], self._warn_state[1]
-        for owner, name, original in reversed(self._saved):
-            if original is None:
-                delattr(owner, name)
-            else:
-                setattr(owner, name, original)
-        self._saved.clear()
-
-    def _on_warning(self, message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
-        if "synchroniz" in str(message).lower():
-            self.sync_warnings[self._thread()] += 1
 
 
 def median_us(samples: list[float]) -> float:
@@ -413,7 +205,7 @@ def _metrics_child(rank: int, world: int, cfg: dict[str, Any]) -> dict[str, Any]
     offline = cfg["offline"] and world == cfg["offline_ranks"]
     if offline:
         loggers["ours_offline"] = WandbLogger(WandbConfig(**base, mode="offline"))
-    probe = Probe(count_syncs=device == "cuda")
+    probe = CollectiveProbe(count_syncs=device == "cuda")
 
     def sync_device() -> None:
         if device == "cuda":
@@ -477,7 +269,6 @@ def _metrics_child(rank: int, world: int, cfg: dict[str, Any]) -> dict[str, Any]
         loggers["ours_async"]._dispatcher.drain(120)
         # counting pass: probe installed, a few calls each
         for p in cell_names:
-            counts_before = dict(loggers[p].collective_counts) if p in loggers else {}
             reps = 2
             probe.reset()
             probe.install()
@@ -490,15 +281,11 @@ def _metrics_child(rank: int, world: int, cfg: dict[str, Any]) -> dict[str, Any]
             finally:
                 probe.uninstall()
             sync_device()
-            own = {}
-            if p in loggers:
-                after = loggers[p].collective_counts
-                own = {k: (after.get(k, 0) - counts_before.get(k, 0)) / reps for k in after}
             cell[p].update(api=sum(probe.api.values()) / reps, wire=sum(probe.wire.values()) / reps,
                            api_ops={k: v / reps for k, v in probe.api.items()},
                            sent=probe.sent / reps, received=probe.received / reps,
                            syncs={k: v / reps for k, v in probe.syncs.items()},
-                           sync_warnings={k: v / reps for k, v in probe.sync_warnings.items()}, own=own)
+                           sync_warnings={k: v / reps for k, v in probe.sync_warnings.items()})
             control.go(False)
         # timed rounds, patterns interleaved
         iters = max(1, cfg["iters"] // cfg["rounds"])
@@ -555,9 +342,8 @@ def print_table(world: int, results: dict[str, Any], cuda: bool) -> None:
             print(line)
             if p == "ours_async":
                 print(f"{'':>5}  {'  (incl. worker, drained burst)':<35} {r['drained_us']:>10.1f}")
-        own = cell["ours"]["own"]
-        ops = ", ".join(f"{k}={v:g}" for k, v in sorted(own.items()) if v)
-        print(f"{'':>5}  ours per call by WandbLogger.collective_counts: {ops or 'none'}; "
+        ops = ", ".join(f"{k}={v:g}" for k, v in sorted(cell["ours"]["api_ops"].items()) if v)
+        print(f"{'':>5}  ours per call: {ops or 'none'}; "
               f"peers' API ops: lightning {dict(cell['lightning']['api_ops'])}, "
               f"gather_object wire {cell['gather_object']['wire']:g}")
         print()
