@@ -24,25 +24,14 @@ from sdxl_dist_log.backends.base import Backend, NullBackend
 from sdxl_dist_log.collectives import Collectives
 from sdxl_dist_log.config import WandbConfig
 from sdxl_dist_log.dispatch import Dispatcher
-from sdxl_dist_log.errors import ConfigError, ImageInputError, MetricKeyMismatchError, MetricValueError
+from sdxl_dist_log.errors import ConfigError, ImageInputError, MetricValueError
 from sdxl_dist_log.framing import CallInfo
 from sdxl_dist_log.identity import CONFIG_SECTION, RunIdentity, launch_record, propose_identity
 from sdxl_dist_log.images import convert, transport
-from sdxl_dist_log.metrics import (
-    ERROR_FLAG,
-    FINGERPRINT,
-    KEY_COUNT,
-    MetricPlan,
-    apply_prefix,
-    describe_missing,
-    pack_row,
-    pack_values_deferred,
-    reduce_rows,
-    reduce_union,
-    resolve_reduce,
-)
+from sdxl_dist_log.metrics import apply_prefix
 from sdxl_dist_log.preemption import DEFAULT_SIGNALS, SignalChain
 from sdxl_dist_log.ranks import Launch, RankInfo
+from sdxl_dist_log.reduction import MetricReducer, PreparedMetrics
 from sdxl_dist_log.runconfig import deep_merge, redact_secrets
 
 _log = logging.getLogger("sdxl_dist_log")
@@ -103,12 +92,14 @@ class WandbLogger:
         self._nvml = nvml
         self._lock = threading.RLock()
         self._last_step = 0  # the one owner of "the current step": calls without a step log at it
-        self._plans: dict[Any, MetricPlan] = {}
         self._run_config: dict[str, Any] = {}
         self._warned: set[str] = set()
         self._finished = False
         self._backend: Backend = NullBackend()
         self.identity = self._start_run()
+        self._metrics = MetricReducer(
+            self._collectives, metric_reduce=cfg.metric_reduce, primary_rank=cfg.primary_rank,
+            strict_keys=cfg.strict_keys, warn=lambda message, key: self.is_primary and self._warn(message, key))
         self._dispatcher = Dispatcher(threaded=cfg.async_metrics)
         self._system = self._start_system_metrics()
         self._signals = SignalChain(self._close_on_signal, self._log)
@@ -204,77 +195,27 @@ class WandbLogger:
             MetricKeyMismatchError: with ``strict_keys``, ranks passed different keys (raised on every rank).
             CollectiveError: ranks did not all reach the call within ``collective_timeout`` (named).
         """
-        error: Exception | None = None
-        values = None
-        try:  # any failure here must still reach the collective (as an error flag), or this rank skips it
+        prepared = self._metrics.prepare(metrics, reduce, non_blocking=self._dispatcher.threaded)
+        try:  # a bad step, like a bad value, must still reach the collective (as an error flag)
             step = _checked_step(step)
-            keys = tuple(sorted(metrics))
-            for key in keys:
-                if not isinstance(key, str) or not key:
-                    raise MetricValueError(f"metric key {key!r} is not a non-empty string")
-            plan = self._plan(keys, reduce)
-            # async: the device-to-host copy is only started here; the background thread waits for it
-            values = pack_values_deferred(metrics, keys, non_blocking=self._dispatcher.threaded)
-        except Exception as exc:
-            error = exc if isinstance(exc, MetricValueError) else MetricValueError(f"{type(exc).__name__}: {exc}")
-            step = step if isinstance(step, int) else None
-            keys = tuple(sorted(map(str, metrics))) if isinstance(metrics, Mapping) else ()
-            plan = MetricPlan(keys, tuple(resolve_reduce(keys, None)))
-        if error is not None and not self._collectives.active:
-            raise error
+        except MetricValueError as exc:
+            step, prepared = None, prepared.failed(exc)
+        if prepared.error is not None and not self._collectives.active:
+            raise prepared.error
         call = CallInfo("log_metrics", step)
         prefix = self.config.metric_prefix if prefix is None else prefix
         result: list[dict[str, float]] = []
-        self._dispatcher.submit(lambda: result.append(
-            self._reduce_and_log(plan, values() if values is not None else None, error, call, prefix, commit)))
+        self._dispatcher.submit(lambda: result.append(self._reduce_and_log(prepared, call, prefix, commit)))
         # a background job's error surfaces only after this call was queued: raising before it would make this rank
         # skip a collective that the other ranks make
         self._dispatcher.raise_pending()
         return result[0] if result else None
 
-    def _plan(self, keys: tuple[str, ...], reduce: str | Mapping[str, str] | None) -> MetricPlan:
-        """The call's keys and ops; cached per key set, since training loops log the same keys every step."""
-        cache_key = (keys, reduce if reduce is None or isinstance(reduce, str) else tuple(sorted(reduce.items())))
-        plan = self._plans.get(cache_key)
-        if plan is None:
-            merged = {**self.config.metric_reduce, **(reduce if isinstance(reduce, Mapping) else {})}
-            plan = MetricPlan(keys, resolve_reduce(keys, reduce if isinstance(reduce, str) else merged))
-            if len(self._plans) >= 256:
-                self._plans.clear()
-            self._plans[cache_key] = plan
-        return plan
-
-    def _reduce_and_log(
-        self, plan: MetricPlan, values: np.ndarray | None, error: Exception | None, call: CallInfo, prefix: str,
-        commit: bool,
-    ) -> dict[str, float]:
-        rows = self._collectives.all_gather_rows(pack_row(plan, values), call)
-        if np.any(rows[:, ERROR_FLAG] != 0):
-            bad = [r for r in range(len(rows)) if rows[r, ERROR_FLAG] != 0]
-            own = f": {error}" if error is not None else ""
-            raise MetricValueError(f"{call}: ranks {bad} passed invalid metric values{own}; nothing was logged")
-        if np.all(rows[:, FINGERPRINT] == rows[0, FINGERPRINT]) and np.all(rows[:, KEY_COUNT] == rows[0, KEY_COUNT]):
-            reduced = reduce_rows(plan, rows, primary_rank=self.config.primary_rank)
-        else:
-            reduced = self._reduce_differing_keys(plan, values, call)
-        logged = apply_prefix(reduced, prefix)
+    def _reduce_and_log(self, prepared: PreparedMetrics, call: CallInfo, prefix: str, commit: bool) -> dict[str, float]:
+        logged = apply_prefix(self._metrics.reduce(prepared, call), prefix)
         self._warn_if_degraded(call)
         self._write_row(logged, call.step, commit)
         return logged
-
-    def _reduce_differing_keys(self, plan: MetricPlan, values: np.ndarray | None, call: CallInfo) -> dict[str, float]:
-        mine = [(k, op.value, float(v)) for k, op, v in zip(plan.keys, plan.ops, values if values is not None else [])]
-        entries = self._collectives.all_gather_object(mine, call)
-        reduced, missing = reduce_union(entries, primary_rank=self.config.primary_rank)
-        if self.config.strict_keys:
-            raise MetricKeyMismatchError(
-                f"{call}: ranks passed different metric keys (strict_keys=True): {describe_missing(missing)}", missing
-            )
-        note = f"{call}: ranks passed different metric keys; logged the union, each key reduced over the ranks " \
-               f"that passed it: {describe_missing(missing)}"
-        if self.is_primary:
-            self._warn(note, once_key=f"keys:{sorted(missing)}")
-        return reduced
 
     # -- images -------------------------------------------------------------------------------------------------
     def log_images(
