@@ -196,18 +196,16 @@ def _decode_artifact(record: Any, seen: dict[str, list[str]]) -> OfflineArtifact
     )
 
 
-def _apply_config(config: dict[str, Any], record: Any) -> None:
-    for item in record.update:
-        _set_path(config, _item_path(item), _item_value(item))
-    for item in record.remove:
-        _del_path(config, _item_path(item))
+def apply_update(tree: dict[str, Any], record: Any) -> None:
+    """Fold a ``ConfigRecord`` or ``SummaryRecord`` into a nested dict: set its ``update`` items, drop its ``remove``s.
 
-
-def _apply_summary(summary: dict[str, Any], record: Any) -> None:
+    Both record types carry the same ``update``/``remove`` lists of ``key``/``nested_key``/``value_json`` items, so
+    config and summary are folded the same way; a nested key sets or drops one leaf of a nested dict.
+    """
     for item in record.update:
-        _set_path(summary, _item_path(item), _item_value(item))
+        _set_path(tree, _item_path(item), _item_value(item))
     for item in record.remove:
-        _del_path(summary, _item_path(item))
+        _del_path(tree, _item_path(item))
 
 
 def _history_row(record: Any) -> dict[str, Any]:
@@ -246,9 +244,9 @@ def decode_records(run: OfflineRun, records: Iterable[Any]) -> None:
         if kind == "history":
             run.history.append(_history_row(record.history))
         elif kind == "summary":
-            _apply_summary(summary, record.summary)
+            apply_update(summary, record.summary)
         elif kind == "config":
-            _apply_config(config, record.config)
+            apply_update(config, record.config)
         elif kind == "run":
             r = record.run
             for attr, value in (
@@ -267,9 +265,9 @@ def decode_records(run: OfflineRun, records: Iterable[Any]) -> None:
             if r.HasField("start_time"):
                 run.start_time = r.start_time.seconds + r.start_time.nanos / 1e9
             if r.HasField("config"):
-                _apply_config(config, r.config)
+                apply_update(config, r.config)
             if r.HasField("summary"):
-                _apply_summary(summary, r.summary)
+                apply_update(summary, r.summary)
             if r.HasField("telemetry"):
                 run.telemetry = _telemetry_dict(r.telemetry)
         elif kind == "artifact":
