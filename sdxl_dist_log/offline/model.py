@@ -14,6 +14,10 @@ KEY_SEP = "/"
 """Separator joining the parts of a nested key, ``{"a": {"b": 1}}`` -> ``"a/b"``."""
 SYSTEM_PREFIX = "system/"
 """Prefix of the system-metric keys (``system/gpu0/util``) that the logger writes into history rows."""
+LOGGER_CONFIG_KEY = "sdxl_dist_log"
+"""The run-config entry in which the logger records itself (launcher, world size, hosts, ``step_metric``)."""
+DEFAULT_STEP_METRIC = "trainer/step"
+"""The step key of a run whose config does not name one (``WandbConfig.step_metric``'s default)."""
 
 
 def is_media(value: Any) -> bool:
@@ -122,6 +126,23 @@ class OfflineRun:
     """wandb's own system-metric samples (``stats`` records): ``_timestamp`` plus its keys."""
     preempting: bool = False
     """True when the run recorded ``mark_preempting()``."""
+
+    @property
+    def step_metric(self) -> str:
+        """The key that carries the training step in this run's rows, as the logger recorded it in the config.
+
+        ``config["sdxl_dist_log"]["step_metric"]`` (``WandbConfig.step_metric`` of the writing logger); a run
+        without that entry (written by plain wandb, or before the logger recorded it) gets ``"trainer/step"``.
+
+        Example:
+            >>> OfflineRun(Path("."), config={"sdxl_dist_log": {"step_metric": "global_step"}}).step_metric
+            'global_step'
+            >>> OfflineRun(Path(".")).step_metric
+            'trainer/step'
+        """
+        entry = self.config.get(LOGGER_CONFIG_KEY)
+        value = entry.get("step_metric") if isinstance(entry, dict) else None
+        return value if isinstance(value, str) and value else DEFAULT_STEP_METRIC
 
     @property
     def finished(self) -> bool:

@@ -63,17 +63,20 @@ def _key_line(key: str, values: list[Any]) -> str:
     return f"{key}: " + ", ".join(parts)
 
 
-def format_run(run: OfflineRun, step_key: str = "trainer/step") -> str:
+def format_run(run: OfflineRun, step_key: str | None = None) -> str:
     """A readable multi-line summary of a run, as ``sdxl-dist-log inspect RUN_DIR`` prints it.
 
     Args:
         run: a run from ``read_run``.
-        step_key: the key that carries the training step (``WandbConfig.step_metric``); its range is shown.
+        step_key: the key that carries the training step, whose range is shown; None for the run's own
+            (:attr:`OfflineRun.step_metric`, the logger's ``WandbConfig.step_metric``). When no row carries it,
+            the range of W&B's ``_step`` row counter is shown instead.
 
     Returns:
         Identity, exit state, config, one line per history key (count, first/last/min/max; images counted),
         ``system/`` keys in their own block, artifacts with versions, aliases and metadata, media file count.
     """
+    step_key = step_key or run.step_metric
     lines = [f"run {run.run_id}  ({run.path})"]
     ident = [
         ("project", run.project),

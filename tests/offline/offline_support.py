@@ -101,6 +101,17 @@ print("logged", flush=True)
 sys.stdin.read()  # until the test kills this process (or closes the pipe)
 """
 
+LOGGER_RUN = """
+from sdxl_dist_log import WandbConfig, WandbLogger
+config = WandbConfig(project="proj", name="custom-step", mode="offline", dir=str(out), step_metric="global_step",
+                     log_system_metrics=False, save_code=False, save_requirements=False,
+                     config={"lr": 0.1, "sdxl_dist_log": {"step_metric": "global_step"}})
+with WandbLogger(config) as logger:
+    for step in range(100, 105):
+        logger.log_metrics({"loss": 1.0 / step}, step=step)
+"""
+"""Our logger with a custom step metric, recorded in the run config the way the logger records its own settings."""
+
 
 def write_script(tmp: Path, body: str) -> Path:
     script = tmp / "make_run.py"

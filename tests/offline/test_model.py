@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from sdxl_dist_log.offline.model import OfflineArtifact, OfflineRun, flatten, is_media
 
@@ -29,3 +32,19 @@ def test_finished_and_artifact_versions() -> None:
     assert not run.finished and OfflineRun(Path("."), exit_code=1).finished
     assert [a.local_version for a in run.artifact_versions("ckpt")] == ["v0", "v1"]
     assert run.artifact_versions("missing") == []
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        ({"sdxl_dist_log": {"step_metric": "global_step", "world_size": 2}}, "global_step"),
+        ({"sdxl_dist_log": {"world_size": 2}}, "trainer/step"),  # a run of a logger that did not record it
+        ({}, "trainer/step"),  # not written by the logger
+        ({"sdxl_dist_log": "global_step"}, "trainer/step"),
+        ({"sdxl_dist_log": {"step_metric": ""}}, "trainer/step"),
+        ({"sdxl_dist_log": {"step_metric": 3}}, "trainer/step"),
+        ({"step_metric": "global_step"}, "trainer/step"),  # only the logger's own entry counts
+    ],
+)
+def test_step_metric_from_the_loggers_config_entry(config: dict[str, Any], expected: str) -> None:
+    assert OfflineRun(Path("."), config=config).step_metric == expected
