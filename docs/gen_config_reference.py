@@ -29,7 +29,19 @@ def _cell(text: str) -> str:
     return " ".join(text.split()).replace("|", "\\|")
 
 
-def _default(value: ast.expr | None) -> str:
+def _constants(tree: ast.Module) -> dict[str, str]:
+    """Module-level ``NAME = literal`` assignments, so a default written as a named constant shows its value."""
+    out = {}
+    for stmt in tree.body:
+        if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
+            if isinstance(stmt.value, ast.Constant):
+                out[stmt.targets[0].id] = ast.unparse(stmt.value)
+    return out
+
+
+def _default(value: ast.expr | None, constants: dict[str, str] | None = None) -> str:
+    if isinstance(value, ast.Name) and constants and value.id in constants:
+        return constants[value.id]
     if value is None:
         return "(required)"
     if isinstance(value, ast.Call) and getattr(value.func, "id", None) == "field":
@@ -65,7 +77,8 @@ def fields_of(tree: ast.Module, class_name: str) -> tuple[str, list[tuple[str, s
         if not (isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)
                 and isinstance(following.value.value, str)):
             raise ValueError(f"{class_name}.{name} has no docstring")
-        rows.append((name, ast.unparse(stmt.annotation), _default(stmt.value), following.value.value))
+        rows.append((name, ast.unparse(stmt.annotation), _default(stmt.value, _constants(tree)),
+                     following.value.value))
     return summary, rows
 
 

@@ -20,6 +20,8 @@ _T = TypeVar("_T")
 MODES = ("online", "offline", "disabled")
 FALLBACK_MODES = ("offline", "disabled")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+DEFAULT_STEP_METRIC = "trainer/step"
+"""The key that carries the training step in every row, unless ``WandbConfig.step_metric`` names another."""
 
 
 def _check_choice(owner: str, name: str, value: object, allowed: Sequence[object]) -> None:
@@ -118,7 +120,7 @@ class WandbConfig:
     """Upper bound in seconds for ``finish()``: draining queued logging and closing the run."""
     flush_interval: float = 0.5
     """Seconds between flushes of the run file, so a killed job loses at most about this much."""
-    step_metric: str = "trainer/step"
+    step_metric: str = DEFAULT_STEP_METRIC
     """Key that carries the training step in every row; W&B plots against it (see docs/quickstart.md)."""
     config: dict[str, Any] = field(default_factory=dict)
     """Initial run config (the training hyper-parameters)."""
