@@ -1,9 +1,11 @@
-"""Launch helpers: run naming per launch, and submission to SLURM through submitit (``submit``)."""
+"""Launch helpers: a free port for local rendezvous, and submission to SLURM through submitit (``submit``).
 
-from sdxl_dist_log.launch.naming import derive_group, derive_job_type, derive_run_id, resume_mode
+``submit`` resolves on first use, so importing this package does not import submitit.
+"""
+
 from sdxl_dist_log.launch.ports import free_port
 
-__all__ = ["derive_group", "derive_job_type", "derive_run_id", "free_port", "resume_mode", "submit"]
+__all__ = ["free_port", "submit"]
 
 
 def __getattr__(name: str):  # submitit is imported only when submitting
