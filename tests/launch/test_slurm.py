@@ -328,3 +328,51 @@ def test_slurm_demo_preempted_mid_training_resumes_from_its_checkpoint_into_the_
     # the checkpoints of both parts are versions of one artifact
     assert {a.name for a in first.artifacts + second.artifacts} == {"ckpt"}
 
+
+# ------------------------------------------------------------------------------------------------------------------
+# (d) the sbatch template: srun + torchrun, no submitit
+# ------------------------------------------------------------------------------------------------------------------
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _scontrol_job(job_id: str) -> dict[str, str]:
+    out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, timeout=10)
+    return dict(field.split("=", 1) for field in out.stdout.split() if "=" in field)
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+def test_sbatch_template_runs_its_default_script(slurm_cluster: str, tmp_path: Path) -> None:
+    from sdxl_dist_log.offline import find_run_dirs, read_run
+
+    # as the template says: sbatch from the repository root, with the venv's torchrun on PATH
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    for var in ("TRAIN_SCRIPT", "TRAIN_MODULE", "NPROC_PER_NODE", "TORCHRUN"):
+        env.pop(var, None)
+    log = tmp_path / "train-%j.out"
+    out_dir = tmp_path / "demo"
+    submitted = subprocess.run(
+        ["sbatch", "--parsable", f"--output={log}", "--job-name=sdxl-test-sbatch", "slurm/train.sbatch",
+         "--steps", "3", "--step-time", "0", "--out-dir", str(out_dir)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=30, check=True,
+    )
+    job_id = submitted.stdout.strip().split(";")[0]
+    log = Path(str(log).replace("%j", job_id))
+    try:
+        end = time.monotonic() + 100
+        while squeue_state(job_id):
+            if time.monotonic() > end:
+                pytest.fail(f"sbatch job {job_id} not done after 100 s\n{log.read_text() if log.exists() else ''}")
+            time.sleep(0.5)
+    finally:
+        subprocess.run(["scancel", job_id], capture_output=True, timeout=30)
+    text = log.read_text()
+    job = _scontrol_job(job_id)
+    assert (job.get("JobState"), job.get("ExitCode")) == ("COMPLETED", "0:0"), text
+    assert "1 node(s) x 1 worker(s)" in text and "running examples/train.py --steps 3" in text, text
+    assert "srun exited with status 0" in text
+    (run_dir,) = find_run_dirs(out_dir)
+    run = read_run(run_dir)
+    assert run.run_id == f"slurm-{job_id}" and run.exit_code == 0
+    assert [row["trainer/step"] for row in run.rows_with("metrics/loss")] == [0, 1, 2]
