@@ -6,10 +6,9 @@ itself on this machine (gloo on CPU, NCCL when every rank has a GPU).
 
 from __future__ import annotations
 
-import argparse
+import functools
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from datetime import timedelta
@@ -17,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from sdxl_dist_log.config import LogConfig, WandbConfig
-from sdxl_dist_log.launch.ports import free_port
+
+_DEMO_TIMEOUT_S = 30 * 60  # a demo of thousands of steps still ends; a wedged rank does not hang the terminal
 
 
 def train(
@@ -125,50 +125,47 @@ def _unwrapped(model: Any) -> Any:
     return getattr(model, "module", model)
 
 
-def _spawned_rank(rank: int, world_size: int, port: int, result_file: str, kwargs: dict[str, Any]) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
-                      LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    run_dir = train(**kwargs)
-    if run_dir is not None:
-        Path(result_file).write_text(run_dir)
+def _train_rank(options: dict[str, Any], rank: int) -> str | None:
+    return train(**options)
 
 
 def run_local(nproc: int, **kwargs: Any) -> str | None:
-    """Run ``train`` on ``nproc`` local processes (spawned, gloo on CPU) and return the run directory."""
+    """Run ``train`` on ``nproc`` local processes and return the run directory (the primary's).
+
+    Forked when no GPU is visible (torch is imported once, in this process), spawned with CUDA, where a forked CUDA
+    context would be unusable.
+    """
     if nproc < 1:
         raise ValueError(f"--nproc must be >= 1, got {nproc}")
     if nproc == 1:
         return train(**kwargs)
-    import torch.multiprocessing as mp
+    import torch
 
-    with tempfile.TemporaryDirectory() as tmp:
-        result = os.path.join(tmp, "run_dir")
-        mp.start_processes(_spawned_rank, args=(nproc, free_port(), result, kwargs), nprocs=nproc,
-                           start_method="spawn")
-        return Path(result).read_text() if os.path.exists(result) else None
+    from sdxl_dist_log.launch.local import run_ranks, values_or_raise
 
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--nproc", type=int, default=2, help="ranks to spawn when not under a launcher (default 2)")
-    parser.add_argument("--steps", type=int, default=20, help="training steps (default 20)")
-    parser.add_argument("--out-dir", default="outputs/demo",
-                        help="W&B run, checkpoints and logs go here (default outputs/demo)")
-    parser.add_argument("--mode", default="offline", choices=["online", "offline", "disabled"],
-                        help="W&B mode (default offline; online without a key falls back to offline)")
-    parser.add_argument("--system-metrics-interval", type=float, default=0.5,
-                        help="seconds between system samples (default 0.5)")
-    parser.add_argument("--step-time", type=float, default=0.05, help="seconds of simulated work per step")
-    parser.add_argument("--async-metrics", action="store_true",
-                        help="run logging collectives on a background thread")
-    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint under --out-dir")
+    start_method = "spawn" if torch.cuda.is_available() else "fork"
+    results = run_ranks(functools.partial(_train_rank, kwargs), nproc, backend=None, start_method=start_method,
+                        timeout=_DEMO_TIMEOUT_S)
+    return next((run_dir for run_dir in values_or_raise(results) if run_dir is not None), None)
 
 
-def run_from_args(args: argparse.Namespace) -> int:
-    kwargs = dict(steps=args.steps, out_dir=args.out_dir, mode=args.mode,
-                  system_metrics_interval=args.system_metrics_interval, async_metrics=args.async_metrics,
-                  step_time=args.step_time, resume=args.resume)
+def run(nproc: int = 2, **train_options: Any) -> int:
+    """Train under the launcher when there is one, else on ``nproc`` spawned ranks; print a summary of the run.
+
+    What ``sdxl-dist-log demo`` runs (its options are declared in :mod:`sdxl_dist_log.cli`).
+
+    Args:
+        nproc: ranks to spawn when RANK and WORLD_SIZE are not set; ignored under a launcher.
+        **train_options: keyword arguments of :func:`train`.
+
+    Returns:
+        0.
+
+    Raises:
+        ValueError: ``nproc`` < 1 without a launcher.
+    """
     under_launcher = "RANK" in os.environ and "WORLD_SIZE" in os.environ
-    run_dir = train(**kwargs) if under_launcher else run_local(args.nproc, **kwargs)
+    run_dir = train(**train_options) if under_launcher else run_local(nproc, **train_options)
     if run_dir is None:
         return 0
     from sdxl_dist_log.offline import format_run, read_run
@@ -179,10 +176,11 @@ def run_from_args(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sdxl_dist_log.demo", description=__doc__)
-    add_arguments(parser)
-    return run_from_args(parser.parse_args(argv))
+def main(argv: Sequence[str] | None = None, prog_name: str = "python -m sdxl_dist_log.demo") -> int:
+    """Run the ``demo`` command with ``argv`` (None: ``sys.argv[1:]``); returns the exit status."""
+    from sdxl_dist_log.cli import demo_command, run_command
+
+    return run_command(demo_command, argv, prog_name)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,7 @@
-"""Launch helpers: submission to SLURM through submitit (``submit``) and local rendezvous ports."""
+"""Launching ranks: on this machine (``local.run_ranks``), or on SLURM through submitit (``submit``).
+
+``submit`` resolves on first use, so importing this package does not import submitit.
+"""
 
 from sdxl_dist_log.launch.ports import free_port
 

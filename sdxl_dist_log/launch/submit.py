@@ -1,8 +1,8 @@
 """Submit a training function to SLURM (or to local processes) through submitit, with torch.distributed wired up.
 
 Each task of the job runs :class:`DistributedTask`, which exports ``MASTER_ADDR``/``MASTER_PORT``/``RANK``/
-``WORLD_SIZE``/``LOCAL_RANK``/``LOCAL_WORLD_SIZE`` (so ``torch.distributed.init_process_group()`` works with the
-default ``env://`` method), sets ``SDXL_DIST_LOG_LAUNCHER=submitit`` and calls the function. The wrapper is a
+``WORLD_SIZE``/``LOCAL_RANK``/``LOCAL_WORLD_SIZE`` through submitit's ``TorchDistributedEnvironment`` (so
+``torch.distributed.init_process_group()`` works with the default ``env://`` method), sets ``SDXL_DIST_LOG_LAUNCHER=submitit`` and calls the function. The wrapper is a
 ``submitit.helpers.Checkpointable``: when SLURM preempts the job or its time runs out, submitit catches the signal
 (``USR2``, ``signal_delay_s`` before the end), requeues the job under the **same** ``SLURM_JOB_ID`` and calls the
 function again with the same arguments; the function resumes from its own checkpoint, and sdxl_dist_log resumes the
@@ -18,12 +18,11 @@ Example:
 from __future__ import annotations
 
 import os
-import random
 import runpy
 import shutil
 import signal
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +35,8 @@ __all__ = [
     "DistributedTask",
     "PlainDistributedTask",
     "ScriptTask",
-    "distributed_env_for_local",
     "export_distributed_env",
+    "parse_sbatch_options",
     "resolve_executor",
     "run_script",
     "slurm_parameters",
@@ -71,37 +70,29 @@ def resolve_executor(executor: str, which: Callable[[str], str | None] = shutil.
     raise ValueError(f"executor must be 'auto', 'slurm' or 'local', got {executor!r}")
 
 
-def distributed_env_for_local(env: Mapping[str, str], master_port: int | None = None) -> dict[str, str] | None:
-    """torch.distributed variables for a task of submitit's LocalExecutor, from its ``SUBMITIT_LOCAL_*`` variables.
+def parse_sbatch_options(items: Sequence[str] | None) -> dict[str, str | bool]:
+    """Turn ``--sbatch`` items into ``slurm_additional_parameters``: ``KEY=VALUE`` keeps the value, ``KEY`` is a flag.
 
-    submitit's local executor runs every task on this machine and sets ``SUBMITIT_LOCAL_GLOBALID``,
-    ``SUBMITIT_LOCAL_LOCALID``, ``SUBMITIT_LOCAL_NTASKS`` and ``SUBMITIT_LOCAL_JOB_ID`` (the controller's PID), but
-    no ``SLURM_*`` variable. The master is 127.0.0.1 (the host name need not resolve on a laptop).
+    ``["qos=high", "exclusive", "comment=a=b"]`` gives ``{"qos": "high", "exclusive": True, "comment": "a=b"}``;
+    leading dashes are dropped (``--exclusive`` is ``exclusive``), so options can be copied from an sbatch line.
 
     Args:
-        env: the task's environment.
-        master_port: port chosen at submit time; else ``MASTER_PORT`` from ``env``; else derived from the job id.
+        items: the items as given on the command line.
 
     Returns:
-        The variables to export, or None when ``env`` is not a local submitit task.
+        The options by key, a flag's value being True.
+
+    Raises:
+        ValueError: an item with an empty key.
     """
-    if "SUBMITIT_LOCAL_GLOBALID" not in env or "SUBMITIT_LOCAL_NTASKS" not in env:
-        return None
-    world = int(env["SUBMITIT_LOCAL_NTASKS"])
-    nodes = max(1, int(env.get("SUBMITIT_LOCAL_JOB_NUM_NODES", "1")))
-    if master_port is None:
-        if env.get("MASTER_PORT"):
-            master_port = int(env["MASTER_PORT"])
-        else:  # same rule as submitit's TorchDistributedEnvironment: every task agrees without talking
-            master_port = random.Random(env.get("SUBMITIT_LOCAL_JOB_ID", "0")).randint(20000, 60000)
-    return {
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(master_port),
-        "RANK": env["SUBMITIT_LOCAL_GLOBALID"],
-        "WORLD_SIZE": str(world),
-        "LOCAL_RANK": env.get("SUBMITIT_LOCAL_LOCALID", env["SUBMITIT_LOCAL_GLOBALID"]),
-        "LOCAL_WORLD_SIZE": str(max(1, world // nodes)),
-    }
+    out: dict[str, str | bool] = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        key = key.strip().lstrip("-")
+        if not key:
+            raise ValueError(f"expected KEY=VALUE or KEY, got {item!r}")
+        out[key] = value if sep else True
+    return out
 
 
 def slurm_parameters(
@@ -124,6 +115,11 @@ def slurm_parameters(
     ``--requeue`` is added for checkpointable jobs (clusters with ``JobRequeue=0`` refuse ``scontrol requeue``
     otherwise); ``--gpus-per-node`` only when GPUs are asked for. Extra sbatch options in
     ``slurm_additional_parameters`` win over everything (keys as sbatch spells them, ``_`` or ``-``).
+
+    Args:
+        nodes, tasks_per_node, gpus_per_node, cpus_per_task, partition, timeout_min, account, job_name, mem_gb,
+            checkpointable, slurm_additional_parameters: as in :func:`submit`.
+        signal_delay_s: seconds before the time limit at which SLURM sends submitit's preemption signal.
 
     Returns:
         The parameter dict.
@@ -166,31 +162,32 @@ def slurm_parameters(
 def export_distributed_env(master_port: int | None = None) -> dict[str, str] | None:
     """Export the torch.distributed ``env://`` variables in this submitit task; returns what was exported.
 
-    On SLURM this is ``submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False,
-    overwrite=True)`` (master = first host of the job, port derived from the job id, identical after a requeue).
-    Under submitit's LocalExecutor (which sets no ``SLURM_*``) it is :func:`distributed_env_for_local`.
-    ``overwrite=True`` because values inherited from the submitting process (a job submitted from inside a
-    torchrun worker) would be wrong here.
+    submitit's ``TorchDistributedEnvironment`` does the work for both executors: rank, world size, local rank and
+    local world size from the job environment (``SLURM_*`` on SLURM, ``SUBMITIT_LOCAL_*`` under the local executor),
+    master = the first host of the job, port = ``MASTER_PORT`` if set, else derived from the job id (so every task,
+    and a requeued job, agrees without talking). What it does not do, done here for the local executor: the master is
+    127.0.0.1 (this host's name need not resolve on a laptop), the port is the one chosen free at submit time, and a
+    single-task job exports nothing. ``overwrite=True`` because values inherited from the submitting process (a job
+    submitted from inside a torchrun worker) would be wrong here; CUDA_VISIBLE_DEVICES is left as the job set it.
+
+    Args:
+        master_port: the port of a local job, chosen at submit time; None derives it from the job id.
 
     Returns:
-        The exported variables, or None outside a multi-task local job and outside SLURM.
+        The exported variables, or None outside a SLURM or local submitit job and for a single-task local job.
     """
     executor = os.environ.get("SUBMITIT_EXECUTOR", "")
-    if executor == "slurm" or ("SLURM_JOB_ID" in os.environ and "SLURM_PROCID" in os.environ):
-        dist = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
-        return {
-            "MASTER_ADDR": dist.master_addr,
-            "MASTER_PORT": str(dist.master_port),
-            "RANK": str(dist.rank),
-            "WORLD_SIZE": str(dist.world_size),
-            "LOCAL_RANK": str(dist.local_rank),
-            "LOCAL_WORLD_SIZE": str(dist.local_world_size),
-        }
-    values = distributed_env_for_local(os.environ, master_port)
-    if values is None or int(values["WORLD_SIZE"]) <= 1:
+    if executor not in ("slurm", "local"):
         return None
-    os.environ.update(values)
-    return values
+    dist = submitit.helpers.TorchDistributedEnvironment()
+    if executor == "local":
+        if dist.world_size <= 1:
+            return None
+        dist.master_addr = "127.0.0.1"
+        if master_port is not None:
+            dist.master_port = master_port
+    dist.export(set_cuda_visible_devices=False, overwrite=True)
+    return {key: os.environ[key] for key in _DIST_KEYS}
 
 
 class PlainDistributedTask:

@@ -1,6 +1,6 @@
 """SLURM and submitit launch tests: real jobs on the one-node cluster of ``slurm/start_cluster.sh``, real processes.
 
-Run: ``bash slurm/start_cluster.sh && .venv/bin/python -m pytest tests/test_slurm.py -q``.
+Run: ``bash slurm/start_cluster.sh && .venv/bin/python -m pytest tests/launch/test_slurm.py -q``.
 Tests marked ``slurm`` FAIL (not skip) when ``sinfo`` does not answer, unless ``SDXL_SKIP_SLURM=1``.
 Every job is bounded: we poll ``job.done()`` against a deadline, then ``scancel`` and fail; a fixture cancels every
 job a test submitted when it ends, so nothing is left queued.
@@ -8,7 +8,6 @@ job a test submitted when it ends, so nothing is left queued.
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -20,15 +19,8 @@ from pathlib import Path
 import cloudpickle
 import pytest
 
-from sdxl_dist_log.launch import cli_submit
-from sdxl_dist_log.launch.submit import (
-    DistributedTask,
-    PlainDistributedTask,
-    distributed_env_for_local,
-    resolve_executor,
-    slurm_parameters,
-    submit,
-)
+from sdxl_dist_log.cli import main
+from sdxl_dist_log.launch.submit import submit
 
 # The task functions below live in this test module, which a job's interpreter cannot import: ship them by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -159,108 +151,6 @@ def squeue_state(job_id: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# pure functions (no SLURM, fast)
-# ------------------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    ("executor", "sbatch", "expected"),
-    [("auto", "/usr/bin/sbatch", "slurm"), ("auto", None, "local"), ("slurm", None, "slurm"), ("local", "x", "local")],
-)
-def test_resolve_executor(executor: str, sbatch: str | None, expected: str) -> None:
-    assert resolve_executor(executor, which=lambda name: sbatch) == expected
-
-
-def test_resolve_executor_rejects_unknown() -> None:
-    with pytest.raises(ValueError, match="executor"):
-        resolve_executor("debug")
-
-
-@pytest.mark.parametrize(
-    ("env", "port", "expected"),
-    [
-        ({}, None, None),
-        (
-            {"SUBMITIT_LOCAL_GLOBALID": "1", "SUBMITIT_LOCAL_LOCALID": "1", "SUBMITIT_LOCAL_NTASKS": "2",
-             "SUBMITIT_LOCAL_JOB_NUM_NODES": "1", "SUBMITIT_LOCAL_JOB_ID": "123"},
-            29500,
-            {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500", "RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1",
-             "LOCAL_WORLD_SIZE": "2"},
-        ),
-        (
-            {"SUBMITIT_LOCAL_GLOBALID": "0", "SUBMITIT_LOCAL_NTASKS": "4", "MASTER_PORT": "4242"},
-            None,
-            {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "4242", "RANK": "0", "WORLD_SIZE": "4", "LOCAL_RANK": "0",
-             "LOCAL_WORLD_SIZE": "4"},
-        ),
-    ],
-)
-def test_distributed_env_for_local(env: dict, port: int | None, expected: dict | None) -> None:
-    assert distributed_env_for_local(env, port) == expected
-
-
-def test_distributed_env_for_local_port_agrees_across_tasks() -> None:
-    base = {"SUBMITIT_LOCAL_NTASKS": "2", "SUBMITIT_LOCAL_JOB_ID": "777"}
-    a = distributed_env_for_local({**base, "SUBMITIT_LOCAL_GLOBALID": "0"})
-    b = distributed_env_for_local({**base, "SUBMITIT_LOCAL_GLOBALID": "1"})
-    assert a is not None and b is not None and a["MASTER_PORT"] == b["MASTER_PORT"]
-
-
-def test_slurm_parameters() -> None:
-    p = slurm_parameters(nodes=2, tasks_per_node=8, gpus_per_node=8, partition="gpu", timeout_min=30, mem_gb=64,
-                         account="proj", slurm_additional_parameters={"qos": "high", "mail_type": "END"})
-    assert p["nodes"] == 2 and p["ntasks_per_node"] == 8 and p["gpus_per_node"] == 8 and p["time"] == 30
-    assert p["partition"] == "gpu" and p["account"] == "proj" and p["mem"] == 64
-    assert p["additional_parameters"] == {"qos": "high", "mail-type": "END", "requeue": True}
-    q = slurm_parameters(checkpointable=False)
-    assert "gpus_per_node" not in q and "partition" not in q and "additional_parameters" not in q
-    with pytest.raises(ValueError):
-        slurm_parameters(tasks_per_node=0)
-
-
-def test_parse_sbatch_options() -> None:
-    assert cli_submit.parse_sbatch_options(["qos=high", "--exclusive", "comment=a=b"]) == {
-        "qos": "high", "exclusive": True, "comment": "a=b"}
-    with pytest.raises(ValueError):
-        cli_submit.parse_sbatch_options(["=x"])
-
-
-@pytest.mark.parametrize(
-    ("argv", "nodes", "wait", "sbatch", "script_args"),
-    [
-        (["submit", "t.py"], 1, False, [], []),
-        (["submit", "t.py", "--nodes", "2", "--wait", "--", "--lr", "0.1"], 2, True, [], ["--lr", "0.1"]),
-        (["submit", "--nodes", "3", "t.py", "--sbatch", "qos=hi", "--", "x"], 3, False, ["qos=hi"], ["x"]),
-        (["submit", "--sbatch", "a=1", "t.py", "--sbatch", "b=2"], 1, False, ["a=1", "b=2"], []),
-        (["submit", "t.py", "--", "--nodes", "9"], 1, False, [], ["--nodes", "9"]),
-        (["submit", "--wait", "t.py", "--nodes", "2", "--", "--", "a"], 2, True, [], ["--", "a"]),
-    ],
-)
-def test_cli_argument_forms(argv: list, nodes: int, wait: bool, sbatch: list, script_args: list) -> None:
-    parser = argparse.ArgumentParser()
-    cli_submit.add_submit_parser(parser.add_subparsers())
-    args, rest = cli_submit.resolve_submit_args(parser.parse_args(argv))
-    assert (args.script, args.nodes, args.wait, args.sbatch, rest) == ("t.py", nodes, wait, sbatch, script_args)
-
-
-def test_cli_rejects_script_args_without_separator() -> None:
-    parser = argparse.ArgumentParser()
-    cli_submit.add_submit_parser(parser.add_subparsers())
-    with pytest.raises(ValueError, match="after --"):
-        cli_submit.resolve_submit_args(parser.parse_args(["submit", "t.py", "--lr", "0.1"]))
-    with pytest.raises(ValueError, match="missing SCRIPT"):
-        cli_submit.resolve_submit_args(parser.parse_args(["submit", "--nodes", "2"]))
-
-
-def test_task_classes_pickle_and_checkpointable() -> None:
-    from submitit.helpers import Checkpointable
-
-    task = DistributedTask(allreduce_task, (), {}, master_port=None)
-    assert isinstance(task, Checkpointable) and hasattr(task, "checkpoint")
-    assert not hasattr(PlainDistributedTask(allreduce_task), "checkpoint")
-    clone = cloudpickle.loads(cloudpickle.dumps(task))
-    assert clone.fn.__name__ == "allreduce_task"
-
-
-# ------------------------------------------------------------------------------------------------------------------
 # (c) local executor: real processes, no SLURM
 # ------------------------------------------------------------------------------------------------------------------
 @pytest.mark.slow
@@ -286,19 +176,15 @@ def test_cli_submit_local_wait(tmp_path: Path, capsys: pytest.CaptureFixture[str
         "out.write_text(' '.join([os.environ['WORLD_SIZE'], os.environ['SDXL_DIST_LOG_LAUNCHER'], *sys.argv[2:]]))\n"
         "if os.environ['RANK'] == '1' and '--fail' in sys.argv: sys.exit(3)\n"
     )
-    parser = argparse.ArgumentParser()
-    cli_submit.add_submit_parser(parser.add_subparsers())
     base = ["submit", str(script), "--executor", "local", "--tasks-per-node", "2", "--folder", str(tmp_path / "s"),
             "--wait", "--wait-timeout", "50", "--time", "2"]
-    args = parser.parse_args(base + ["--", str(tmp_path), "--lr", "0.1"])
-    assert args.func(args) == 0
+    assert main(base + ["--", str(tmp_path), "--lr", "0.1"]) == 0
     out = capsys.readouterr().out
     assert "submitted job" in out and "_0_log.out" in out and "2/2 tasks succeeded" in out
     assert (tmp_path / "rank0.txt").read_text() == "2 submitit --lr 0.1"
     assert (tmp_path / "rank1.txt").read_text() == "2 submitit --lr 0.1"
 
-    args = parser.parse_args(base + ["--", str(tmp_path), "--fail"])
-    assert args.func(args) == 1
+    assert main(base + ["--", str(tmp_path), "--fail"]) == 1
     err = capsys.readouterr().err
     assert "task 1: FAILED" in err and "exited with status 3" in err
 
@@ -441,3 +327,52 @@ def test_slurm_demo_preempted_mid_training_resumes_from_its_checkpoint_into_the_
     assert steps_second == list(range(resumed_at, 40)) and second.exit_code == 0
     # the checkpoints of both parts are versions of one artifact
     assert {a.name for a in first.artifacts + second.artifacts} == {"ckpt"}
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# (d) the sbatch template: srun + torchrun, no submitit
+# ------------------------------------------------------------------------------------------------------------------
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _scontrol_job(job_id: str) -> dict[str, str]:
+    out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, timeout=10)
+    return dict(field.split("=", 1) for field in out.stdout.split() if "=" in field)
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+def test_sbatch_template_runs_its_default_script(slurm_cluster: str, tmp_path: Path) -> None:
+    from sdxl_dist_log.offline import find_run_dirs, read_run
+
+    # as the template says: sbatch from the repository root, with the venv's torchrun on PATH
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    for var in ("TRAIN_SCRIPT", "TRAIN_MODULE", "NPROC_PER_NODE", "TORCHRUN"):
+        env.pop(var, None)
+    log = tmp_path / "train-%j.out"
+    out_dir = tmp_path / "demo"
+    submitted = subprocess.run(
+        ["sbatch", "--parsable", f"--output={log}", "--job-name=sdxl-test-sbatch", "slurm/train.sbatch",
+         "--steps", "3", "--step-time", "0", "--out-dir", str(out_dir)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=30, check=True,
+    )
+    job_id = submitted.stdout.strip().split(";")[0]
+    log = Path(str(log).replace("%j", job_id))
+    try:
+        end = time.monotonic() + 100
+        while squeue_state(job_id):
+            if time.monotonic() > end:
+                pytest.fail(f"sbatch job {job_id} not done after 100 s\n{log.read_text() if log.exists() else ''}")
+            time.sleep(0.5)
+    finally:
+        subprocess.run(["scancel", job_id], capture_output=True, timeout=30)
+    text = log.read_text()
+    job = _scontrol_job(job_id)
+    assert (job.get("JobState"), job.get("ExitCode")) == ("COMPLETED", "0:0"), text
+    assert "1 node(s) x 1 worker(s)" in text and "running examples/train.py --steps 3" in text, text
+    assert "srun exited with status 0" in text
+    (run_dir,) = find_run_dirs(out_dir)
+    run = read_run(run_dir)
+    assert run.run_id == f"slurm-{job_id}" and run.exit_code == 0
+    assert [row["trainer/step"] for row in run.rows_with("metrics/loss")] == [0, 1, 2]

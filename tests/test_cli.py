@@ -1,0 +1,126 @@
+"""The ``sdxl-dist-log`` command line (sdxl_dist_log.cli): help shows every default, parsing, one-line user errors.
+
+Everything here runs in this process through ``main(argv)``; the submit runs that start jobs are in
+tests/launch/test_slurm.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import pytest
+
+from sdxl_dist_log import cli
+from sdxl_dist_log.cli import main
+
+
+@pytest.mark.parametrize("name", ["demo", "inspect", "submit"])
+def test_help_shows_every_default_and_choice(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([name, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"Usage: sdxl-dist-log {name} ")
+    command = cli.cli.commands[name]
+    ctx = click.Context(command, info_name=name, show_default=True)
+    for param in command.params:
+        if not isinstance(param, click.Option) or param.name == "help":
+            continue
+        help_text = param.get_help_record(ctx)[1]
+        assert "[default: " in help_text, f"{name} {param.opts[0]} shows no default: {help_text!r}"
+        if isinstance(param.type, click.Choice):
+            assert "|".join(param.type.choices) in out
+
+
+def test_group_help_lists_the_subcommands(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in ("demo", "inspect", "submit"))
+
+
+def test_executor_help_says_what_auto_picks(capsys: pytest.CaptureFixture[str]) -> None:
+    main(["submit", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "auto picks slurm when sbatch is on PATH, else local" in out
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# user errors: exit 2, one line on stderr, no traceback
+# ------------------------------------------------------------------------------------------------------------------
+@pytest.fixture
+def script(tmp_path: Path) -> str:
+    path = tmp_path / "t.py"
+    path.write_text("")
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["inspect", "{tmp}/nowhere"], "nowhere"),
+        (["inspect"], "Missing argument 'RUN_DIR...'"),
+        (["demo", "--nproc", "0"], "'--nproc': 0 is not in the range x>=1"),
+        (["demo", "--mode", "sometimes"], "'--mode'"),
+        (["submit"], "Missing argument 'SCRIPT'"),
+        (["submit", "--nodes", "2"], "Missing argument 'SCRIPT'"),
+        (["submit", "{tmp}/missing.py"], "missing.py' does not exist"),
+        (["submit", "{script}", "--sbatch", "=x"], "'--sbatch': expected KEY=VALUE or KEY, got '=x'"),
+        (["submit", "{script}", "--lr", "0.1"], "The script's own options go after --"),
+        (["submit", "{script}", "--nodes", "0"], "'--nodes'"),
+        (["submit", "{script}", "--executor", "debug"], "'--executor'"),
+        (["submit", "{script}", "--executor", "local", "--nodes", "2"], "nodes must be 1"),
+        (["nosuchcommand"], "No such command"),
+    ],
+)
+def test_user_error_is_one_line_and_exit_2(argv: list[str], says: str, script: str, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    argv = [a.format(tmp=tmp_path, script=script) for a in argv]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("sdxl-dist-log") and says in lines[0], lines[0]
+    assert "Traceback" not in captured.err and captured.out == ""
+
+
+def test_submit_with_slurm_executor_and_no_sbatch_is_a_user_error(script: str, monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("PATH", "")
+    assert main(["submit", script, "--executor", "slurm"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "sdxl-dist-log submit: error: executor='slurm' but sbatch is not on PATH"
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# submit's argument forms: options before and after SCRIPT, the script's arguments after --
+# ------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("argv", "nodes", "wait", "sbatch", "script_args"),
+    [
+        (["t.py"], 1, False, {}, ()),
+        (["t.py", "--nodes", "2", "--wait", "--", "--lr", "0.1"], 2, True, {}, ("--lr", "0.1")),
+        (["--nodes", "3", "t.py", "--sbatch", "qos=hi", "--", "x"], 3, False, {"qos": "hi"}, ("x",)),
+        (["--sbatch", "a=1", "t.py", "--sbatch", "b"], 1, False, {"a": "1", "b": True}, ()),
+        (["t.py", "--", "--nodes", "9"], 1, False, {}, ("--nodes", "9")),
+        (["--wait", "t.py", "--nodes", "2", "--", "--", "a"], 2, True, {}, ("--", "a")),
+    ],
+)
+def test_submit_argument_forms(argv: list[str], nodes: int, wait: bool, sbatch: dict, script_args: tuple,
+                               tmp_path: Path) -> None:
+    (tmp_path / "t.py").write_text("")  # the tests run in tmp_path
+    ctx = cli.submit_command.make_context("submit", argv)
+    params = ctx.params
+    assert (params["script"], params["nodes"], params["wait"], params["sbatch"], params["script_args"]) == (
+        "t.py", nodes, wait, sbatch, script_args)
+
+
+def test_submit_defaults_match_submit_function() -> None:
+    import inspect
+
+    from sdxl_dist_log.launch.submit import submit
+
+    ctx = cli.submit_command.make_context("submit", [__file__])
+    signature = inspect.signature(submit).parameters
+    for name in ("nodes", "tasks_per_node", "gpus_per_node", "cpus_per_task", "partition", "timeout_min", "account",
+                 "executor", "folder", "job_name", "mem_gb"):
+        assert ctx.params[name] == signature[name].default, name
+    assert ctx.params["requeue"] is signature["checkpointable"].default is True
