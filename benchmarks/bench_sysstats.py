@@ -25,7 +25,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from sdxl_dist_log import sysstats  # noqa: E402
-from sdxl_dist_log.fake_nvml import FakeNvml  # noqa: E402
+from sdxl_dist_log.testing.fake_nvml import FakeNvml  # noqa: E402
 from sdxl_dist_log.ranks import RankInfo  # noqa: E402
 
 LOG = logging.getLogger("bench")

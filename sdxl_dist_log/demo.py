@@ -32,12 +32,16 @@ def train(
     async_metrics: bool = False,
     step_time: float = 0.05,
     resume: bool = False,
+    fake_nvml: str | None = None,
 ) -> str | None:
     """Train a tiny model on random data, logging metrics, images, checkpoints and config from every rank.
 
     Initializes torch.distributed from the environment when WORLD_SIZE > 1 and it is not initialized yet. With
     ``resume``, a restarted job (a SLURM requeue, say) continues from the last checkpoint under ``out_dir``, and,
     since the run id derives from the SLURM job, logs into the same W&B run.
+
+    ``fake_nvml`` (e.g. ``"gpus=2,offset=5"``) samples a simulated NVML instead of the real one, to see GPU figures
+    on a machine without GPUs (see ``sdxl_dist_log.testing.fake_nvml.parse_fake_nvml_spec``).
 
     Returns:
         The W&B run directory (on the primary rank; None elsewhere or when disabled).
@@ -77,9 +81,14 @@ def train(
         max_images_to_log=8, system_metrics_interval=system_metrics_interval, async_metrics=async_metrics,
         metric_reduce={"samples": "sum", "loss_max": "max", "loss_min": "min"},
     )
+    nvml = None
+    if fake_nvml:
+        from sdxl_dist_log.testing.fake_nvml import FakeNvml, parse_fake_nvml_spec
+
+        nvml = FakeNvml(**parse_fake_nvml_spec(fake_nvml))
     try:
         with UnifiedLogger(LogConfig(name="demo", log_dir=os.path.join(out_dir, "logs"))) as log, \
-                WandbLogger(wandb_config, logger=log) as wb:
+                WandbLogger(wandb_config, logger=log, nvml=nvml) as wb:
             wb.log_config({"data": {"kind": "random", "batch": 32}})
             log.info("training steps %d..%d on %s%s", start, steps - 1, device,
                      f" (resumed from {pointer.read_text().strip()})" if start else "")
@@ -161,12 +170,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--async-metrics", action="store_true",
                         help="run logging collectives on a background thread")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint under --out-dir")
+    parser.add_argument("--fake-nvml", metavar="SPEC", default=None,
+                        help="sample a simulated NVML instead of the real one, e.g. 'gpus=2,offset=5' "
+                             "(GPU figures on a machine without GPUs)")
 
 
 def run_from_args(args: argparse.Namespace) -> int:
     kwargs = dict(steps=args.steps, out_dir=args.out_dir, mode=args.mode,
                   system_metrics_interval=args.system_metrics_interval, async_metrics=args.async_metrics,
-                  step_time=args.step_time, resume=args.resume)
+                  step_time=args.step_time, resume=args.resume, fake_nvml=args.fake_nvml)
     under_launcher = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     run_dir = train(**kwargs) if under_launcher else run_local(args.nproc, **kwargs)
     if run_dir is None:

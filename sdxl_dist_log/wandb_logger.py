@@ -59,6 +59,7 @@ class WandbLogger:
         logger: a ``UnifiedLogger`` (or a ``logging.Logger``) that receives this logger's messages.
         rank_info: where this process sits; read from ``env`` when None.
         env: the environment to read the launch from; ``os.environ`` when None.
+        nvml: an NVML module or test double to sample GPUs with; pynvml when None.
 
     Example:
         >>> with WandbLogger(WandbConfig(project="sdxl", mode="offline")) as wb:  # doctest: +SKIP
@@ -72,9 +73,11 @@ class WandbLogger:
         *,
         rank_info: RankInfo | None = None,
         env: Mapping[str, str] | None = None,
+        nvml: Any | None = None,
     ) -> None:
         self.config = config if isinstance(config, WandbConfig) else WandbConfig.from_dict(config or {})
         self._env: Mapping[str, str] = os.environ if env is None else env
+        self._nvml = nvml
         self._log = logger if isinstance(logger, logging.Logger) else getattr(logger, "logger", None) or _log
         rank = rank_info or RankInfo.from_env(self._env)
         cfg = self.config
@@ -147,7 +150,6 @@ class WandbLogger:
             return None
         try:
             from sdxl_dist_log import sysstats
-            from sdxl_dist_log.fake_nvml import fake_nvml_from_env
 
             store = self._collectives.store
             if store is None:
@@ -167,7 +169,7 @@ class WandbLogger:
                 run_dir=cfg.dir,
                 sink=self._log_system_row if self.is_primary else None,
                 aggregate_only=cfg.system_metrics_aggregate_only,
-                nvml=fake_nvml_from_env(self._env),
+                nvml=self._nvml,
                 cuda_device=cuda_device,
                 namespace=f"{self._collectives.namespace}/sys",
                 logger=self._log,

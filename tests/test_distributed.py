@@ -37,12 +37,12 @@ def count_collectives() -> dict[str, int]:
     return counts
 
 
-def make_logger(tmp: str, **overrides):
+def make_logger(tmp: str, nvml=None, **overrides):
     from sdxl_dist_log import WandbConfig, WandbLogger
 
     settings = dict(project="t", mode="offline", dir=tmp, log_system_metrics=False, collective_timeout=20.0)
     settings.update(overrides)
-    return WandbLogger(WandbConfig(**settings))
+    return WandbLogger(WandbConfig(**settings), nvml=nvml)
 
 
 def only_run(tmp: Path):
@@ -389,11 +389,13 @@ def test_every_gpu_of_every_simulated_node_reaches_the_run_with_hostnames(tmp_pa
 
     def rank_env(rank: int) -> dict[str, str]:
         node, local = layout[rank]
-        return {"GROUP_RANK": str(node), "LOCAL_RANK": str(local), "LOCAL_WORLD_SIZE": "2",
-                "SDXL_DIST_LOG_FAKE_NVML": f"gpus=2,offset={40 * node}"}
+        return {"GROUP_RANK": str(node), "LOCAL_RANK": str(local), "LOCAL_WORLD_SIZE": "2"}
 
     def body(rank: int):
-        with make_logger(str(tmp_path), log_system_metrics=True, system_metrics_interval=0.2) as wb:
+        from sdxl_dist_log.testing.fake_nvml import FakeNvml
+
+        nvml = FakeNvml(gpus=2, offset=40 * layout[rank][0])
+        with make_logger(str(tmp_path), nvml=nvml, log_system_metrics=True, system_metrics_interval=0.2) as wb:
             for step in range(8):
                 wb.log_metrics({"x": 1.0}, step=step)
                 time.sleep(0.2)

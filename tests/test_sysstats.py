@@ -16,16 +16,6 @@ from typing import Any
 import pytest
 
 from sdxl_dist_log import sysstats
-from sdxl_dist_log.fake_nvml import (
-    ENV_VAR,
-    GIB,
-    MIB,
-    NVML_ERROR_LIBRARY_NOT_FOUND,
-    NVML_ERROR_NOT_SUPPORTED,
-    FakeNvml,
-    fake_nvml_from_env,
-    parse_fake_nvml_spec,
-)
 from sdxl_dist_log.launch.ports import free_port
 from sdxl_dist_log.ranks import RankInfo
 from sdxl_dist_log.sysstats import (
@@ -46,6 +36,14 @@ from sdxl_dist_log.sysstats import (
     node_figure_key,
     normalize_pci_bus_id,
     normalize_uuid,
+)
+from sdxl_dist_log.testing.fake_nvml import (
+    GIB,
+    MIB,
+    NVML_ERROR_LIBRARY_NOT_FOUND,
+    NVML_ERROR_NOT_SUPPORTED,
+    FakeNvml,
+    parse_fake_nvml_spec,
 )
 
 pytestmark = pytest.mark.timeout(60)
@@ -261,15 +259,14 @@ def test_parse_fake_nvml_spec(spec: str, expected: dict[str, Any]) -> None:
     assert parse_fake_nvml_spec(spec) == expected
 
 
-def test_fake_nvml_from_env() -> None:
-    assert fake_nvml_from_env({}) is None
-    assert fake_nvml_from_env({ENV_VAR: ""}) is None
-    fake = fake_nvml_from_env({ENV_VAR: "gpus=3,offset=2"})
-    assert fake is not None and fake.gpus == 3 and fake.initialised == 1
-    with pytest.raises(ValueError, match=ENV_VAR):
-        fake_nvml_from_env({ENV_VAR: "gpus=two"})
+def test_a_spec_builds_the_fake_it_describes() -> None:
+    assert parse_fake_nvml_spec("") == {}
+    fake = FakeNvml(**parse_fake_nvml_spec("gpus=3,offset=2"))
+    assert fake.gpus == 3 and fake.offset == 2
+    with pytest.raises(ValueError, match="fake NVML spec 'gpus=two'"):
+        parse_fake_nvml_spec("gpus=two")
     with pytest.raises(ValueError, match="unknown key"):
-        fake_nvml_from_env({ENV_VAR: "colour=red"})
+        parse_fake_nvml_spec("colour=red")
 
 
 def test_load_nvml_without_gpu_is_one_log_line_not_a_crash(monkeypatch: pytest.MonkeyPatch,

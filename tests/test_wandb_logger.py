@@ -63,7 +63,7 @@ def _isolate(root: Path) -> Path:
         (root / "wandb_home" / sub).mkdir(parents=True, exist_ok=True)
         os.environ[name] = str(root / "wandb_home" / sub)
     os.environ.update(WANDB_SILENT="true", WANDB_ERROR_REPORTING="false")
-    for var in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_BASE_URL", "SDXL_DIST_LOG_FAKE_NVML"):
+    for var in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_BASE_URL"):
         os.environ.pop(var, None)
     work = root / "work"
     work.mkdir(parents=True, exist_ok=True)
