@@ -21,6 +21,7 @@ def run(config_name: str, interval: float | None, steps: int, root: str) -> list
     import torch
 
     from sdxl_dist_log import WandbConfig, WandbLogger
+    from sdxl_dist_log.testing.fake_nvml import FakeNvml
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.ReLU(), torch.nn.Linear(512, 256))
@@ -28,7 +29,7 @@ def run(config_name: str, interval: float | None, steps: int, root: str) -> list
     config = WandbConfig(project="bench", mode="offline", dir=os.path.join(root, config_name),
                          log_system_metrics=interval is not None, system_metrics_interval=interval or 60.0)
     times = []
-    with WandbLogger(config, env={**os.environ, "SDXL_DIST_LOG_FAKE_NVML": "gpus=8"}) as wb:
+    with WandbLogger(config, nvml=FakeNvml(gpus=8)) as wb:
         for step in range(steps):
             start = time.perf_counter()
             x = torch.randn(64, 256)

@@ -1,7 +1,7 @@
 """Cost of the system-metrics sampler: per sample, per GPU, CPU share of its thread, bytes per interval.
 
-Run here (no GPU: the fake NVML):      python benchmarks/bench_sysstats.py
-Run on a GPU machine (real pynvml):    python benchmarks/bench_sysstats.py --real
+Run here (no GPU: the fake NVML):      python benchmarks/bench_py
+Run on a GPU machine (real pynvml):    python benchmarks/bench_py --real
 Options: --gpus N (fake GPUs for the per-sample cost, default 8), --repeat N, --cpu-seconds S.
 
 Prints tables:
@@ -24,9 +24,19 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from sdxl_dist_log import sysstats  # noqa: E402
-from sdxl_dist_log.fake_nvml import FakeNvml  # noqa: E402
 from sdxl_dist_log.ranks import RankInfo  # noqa: E402
+from sdxl_dist_log.system import (  # noqa: E402
+    CudaSampler,
+    GpuIdentity,
+    HostSampler,
+    NvmlLoader,
+    NvmlSampler,
+    SystemMetrics,
+    TorchCuda,
+    match_gpu,
+)
+from sdxl_dist_log.system.wire import encode_node_meta, encode_node_sample, encode_rank_sample  # noqa: E402
+from sdxl_dist_log.testing.fake_nvml import FakeNvml  # noqa: E402
 
 LOG = logging.getLogger("bench")
 
@@ -58,7 +68,7 @@ def _thread_cpu_seconds(thread: threading.Thread) -> float:
 
 def _nvml(real: bool, gpus: int):
     if real:
-        nvml = sysstats.load_nvml(LOG)
+        nvml = NvmlLoader(LOG).load()
         if nvml is None:
             sys.exit("--real: NVML is not available on this machine")
         return nvml, "pynvml (real)"
@@ -82,9 +92,9 @@ def main() -> None:
     run_dir = tempfile.gettempdir()
 
     # 1. cost per sample -------------------------------------------------------------------------------------------------
-    gpu_sampler = sysstats.NvmlSampler(nvml, LOG)
+    gpu_sampler = NvmlSampler(nvml, LOG)
     n_gpus = len(gpu_sampler.handles)
-    host_sampler = sysstats.HostSampler(run_dir, LOG)
+    host_sampler = HostSampler(run_dir, LOG)
     rows = []
     med, p90 = _time(gpu_sampler.sample, args.repeat)
     rows.append((f"NVML, all {n_gpus} GPUs ({label})", med, p90, med / max(n_gpus, 1)))
@@ -92,15 +102,15 @@ def main() -> None:
     rows.append(("psutil, node figures", med, p90, None))
     if cuda_device is not None:
         torch.empty(1 << 20, device="cuda")
-        cuda_sampler = sysstats.CudaSampler(cuda_device, LOG)
+        cuda_sampler = CudaSampler(cuda_device, LOG)
         med, p90 = _time(cuda_sampler.sample, args.repeat)
         rows.append(("torch.cuda, one rank", med, p90, None))
     sample = gpu_sampler.sample()
-    med, p90 = _time(lambda: sysstats.encode_node_sample(1, time.time(), host_sampler.sample(), sample),
+    med, p90 = _time(lambda: encode_node_sample(1, time.time(), host_sampler.sample(), sample),
                      min(args.repeat, 500))
     rows.append((f"encode node record ({n_gpus} GPUs) + psutil", med, p90, None))
-    sm = sysstats.SystemMetrics(RankInfo(), dist.HashStore(), interval=1.0, run_dir=run_dir, sink=None, nvml=nvml,
-                                cuda_device=cuda_device)
+    sm = SystemMetrics(RankInfo(), dist.HashStore(), interval=1.0, run_dir=run_dir, sink=None, nvml=nvml,
+                       cuda_device=cuda_device)
     med, p90 = _time(sm.sample_now, min(args.repeat, 500))
     rows.append(("sample_now (this process's whole share)", med, p90, None))
     print(f"\nsampler cost per sample (torch {torch.__version__}, CUDA: {torch.cuda.is_available()})")
@@ -117,8 +127,8 @@ def main() -> None:
     # 2. CPU share of the sampler thread -------------------------------------------------------------------------------
     # (a) CPU time of one publish (sample + encode + store.set), timed with thread_time in this thread;
     # (b) the sampler thread's own CPU time from /proc over a run, as a cross-check (10 ms ticks: coarse).
-    sm = sysstats.SystemMetrics(RankInfo(), dist.HashStore(), interval=1.0, run_dir=run_dir, sink=None, nvml=nvml,
-                                cuda_device=cuda_device)
+    sm = SystemMetrics(RankInfo(), dist.HashStore(), interval=1.0, run_dir=run_dir, sink=None, nvml=nvml,
+                       cuda_device=cuda_device)
     store = dist.HashStore()
     reps = min(args.repeat, 1000)
     for _ in range(5):
@@ -134,8 +144,8 @@ def main() -> None:
     for interval in (60.0, 1.0, 0.1):
         measured = ""
         if interval < 60:
-            sm = sysstats.SystemMetrics(RankInfo(), dist.HashStore(), interval=interval, run_dir=run_dir,
-                                        sink=None, nvml=nvml, cuda_device=cuda_device)
+            sm = SystemMetrics(RankInfo(), dist.HashStore(), interval=interval, run_dir=run_dir,
+                               sink=None, nvml=nvml, cuda_device=cuda_device)
             sm.start()
             thread = sm._threads[0]
             time.sleep(0.05)
@@ -152,15 +162,15 @@ def main() -> None:
     print(f"{'GPUs/node':>9} {'node record':>12} {'rank records':>13} {'total B':>8} {'B per GPU':>10}"
           f" {'meta once B':>12}")
     host = host_sampler.sample()
-    rank_record = len(sysstats.encode_rank_sample(123456, time.time(), {
+    rank_record = len(encode_rank_sample(123456, time.time(), {
         "memory_allocated": 41_234_567_890.0, "memory_reserved": 52_345_678_901.0,
         "max_memory_allocated": 60_123_456_789.0}))
     for n in (1, 8, 64):
         fake = FakeNvml(gpus=n, offset=3)
-        gpus = sysstats.NvmlSampler(fake, LOG).sample()
-        node_record = len(sysstats.encode_node_sample(123456, time.time(), host, gpus))
-        meta = len(sysstats._dumps({"v": 1, "host": "node-0123.cluster",
-                                    "gpus": [[i, fake.uuid_of(i), fake.pci_bus_id_of(i)] for i in range(n)]}))
+        gpus = NvmlSampler(fake, LOG).sample()
+        node_record = len(encode_node_sample(123456, time.time(), host, gpus))
+        meta = len(encode_node_meta("node-0123.cluster",
+                                    [GpuIdentity(i, fake.uuid_of(i), fake.pci_bus_id_of(i)) for i in range(n)]))
         total = node_record + n * rank_record
         print(f"{n:>9d} {node_record:>12d} {n * rank_record:>13d} {total:>8d} {total / n:>10.1f} {meta:>12d}")
 
@@ -168,14 +178,14 @@ def main() -> None:
     if cuda_device is not None:
         print(f"\nCUDA devices of this process -> NVML GPUs (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})")
         for d in range(torch.cuda.device_count()):
-            uuid, pci = sysstats._cuda_device_identity(d)
-            index = sysstats.match_gpu(uuid, pci, gpu_sampler.identities)
+            uuid, pci = TorchCuda().identity(d)
+            index = match_gpu(uuid, pci, gpu_sampler.identities)
             print(f"cuda:{d} uuid={uuid} pci={pci} -> NVML index {index}")
         for g in gpu_sampler.identities:
             print(f"NVML {g.index}: uuid={g.uuid} pci={g.pci}")
     rows_out: list[dict[str, float]] = []
-    with sysstats.SystemMetrics(RankInfo(), dist.HashStore(), interval=0.2, run_dir=run_dir, sink=rows_out.append,
-                                nvml=nvml, cuda_device=cuda_device):
+    with SystemMetrics(RankInfo(), dist.HashStore(), interval=0.2, run_dir=run_dir, sink=rows_out.append,
+                       nvml=nvml, cuda_device=cuda_device):
         time.sleep(1.0)
     if rows_out:
         row = rows_out[-1]

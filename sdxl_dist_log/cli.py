@@ -42,6 +42,8 @@ def cli() -> None:
 @click.option("--async-metrics/--no-async-metrics", default=False,
               help="run logging collectives on a background thread")
 @click.option("--resume/--no-resume", default=False, help="continue from the last checkpoint under --out-dir")
+@click.option("--fake-nvml", metavar="SPEC", default=None, show_default="the real NVML", callback=lambda ctx, param, value: _fake_nvml_spec(value),
+              help="sample simulated GPUs instead of NVML, e.g. 'gpus=2,offset=5' (GPU figures without a GPU)")
 def demo_command(nproc: int, **train_options: Any) -> int:
     """Train a tiny model on N local ranks (or on a launcher's ranks) into a W&B run, then summarise the run.
 
@@ -52,6 +54,18 @@ def demo_command(nproc: int, **train_options: Any) -> int:
     from sdxl_dist_log.demo import run
 
     return run(nproc, **train_options)
+
+
+def _fake_nvml_spec(value: str | None) -> str | None:
+    if value is None:
+        return None
+    from sdxl_dist_log.demo import check_fake_nvml_spec
+
+    try:
+        check_fake_nvml_spec(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--fake-nvml'") from None
+    return value
 
 
 # ------------------------------------------------------------------------------------------------------------------

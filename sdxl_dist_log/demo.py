@@ -32,12 +32,16 @@ def train(
     async_metrics: bool = False,
     step_time: float = 0.05,
     resume: bool = False,
+    fake_nvml: str | None = None,
 ) -> str | None:
     """Train a tiny model on random data, logging metrics, images, checkpoints and config from every rank.
 
     Initializes torch.distributed from the environment when WORLD_SIZE > 1 and it is not initialized yet. With
     ``resume``, a restarted job (a SLURM requeue, say) continues from the last checkpoint under ``out_dir``, and,
     since the run id derives from the SLURM job, logs into the same W&B run.
+
+    ``fake_nvml`` (e.g. ``"gpus=2,offset=5"``) samples a simulated NVML instead of the real one, to see GPU figures
+    on a machine without GPUs (see ``sdxl_dist_log.testing.fake_nvml.parse_fake_nvml_spec``).
 
     Returns:
         The W&B run directory (on the primary rank; None elsewhere or when disabled).
@@ -77,9 +81,14 @@ def train(
         max_images_to_log=8, system_metrics_interval=system_metrics_interval, async_metrics=async_metrics,
         metric_reduce={"samples": "sum", "loss_max": "max", "loss_min": "min"},
     )
+    nvml = None
+    if fake_nvml:
+        from sdxl_dist_log.testing.fake_nvml import FakeNvml, parse_fake_nvml_spec
+
+        nvml = FakeNvml(**parse_fake_nvml_spec(fake_nvml))
     try:
         with UnifiedLogger(LogConfig(name="demo", log_dir=os.path.join(out_dir, "logs"))) as log, \
-                WandbLogger(wandb_config, logger=log) as wb:
+                WandbLogger(wandb_config, logger=log, nvml=nvml) as wb:
             wb.log_config({"data": {"kind": "random", "batch": 32}})
             log.info("training steps %d..%d on %s%s", start, steps - 1, device,
                      f" (resumed from {pointer.read_text().strip()})" if start else "")
@@ -123,6 +132,13 @@ def train(
 
 def _unwrapped(model: Any) -> Any:
     return getattr(model, "module", model)
+
+
+def check_fake_nvml_spec(spec: str) -> None:
+    """Raise ValueError, naming the problem, when ``spec`` is not a simulated-GPU spec such as ``"gpus=2,offset=5"``."""
+    from sdxl_dist_log.testing.fake_nvml import parse_fake_nvml_spec
+
+    parse_fake_nvml_spec(spec)
 
 
 def _train_rank(options: dict[str, Any], rank: int) -> str | None:

@@ -135,7 +135,7 @@ class WandbLogger:
         if not cfg.log_system_metrics or self.identity.mode == "disabled":  # every rank knows the mode by now
             return None
         try:
-            from sdxl_dist_log import sysstats
+            from sdxl_dist_log.system import SystemMetrics
 
             store = self._collectives.store
             if store is None:
@@ -148,7 +148,7 @@ class WandbLogger:
                 self._warn(f"rank {self.rank_info.rank} (local rank {local_rank}) is on cuda:0: call "
                            "torch.cuda.set_device(local_rank) before building WandbLogger, or its GPU figures are "
                            "those of cuda:0")
-            system = sysstats.SystemMetrics(
+            system = SystemMetrics(
                 self.rank_info,
                 store,
                 interval=cfg.system_metrics_interval,

@@ -392,7 +392,7 @@ def test_every_gpu_of_every_simulated_node_reaches_the_run_with_hostnames(tmp_pa
         return {"GROUP_RANK": str(node), "LOCAL_RANK": str(local), "LOCAL_WORLD_SIZE": "2"}
 
     def body(rank: int):
-        from sdxl_dist_log.fake_nvml import FakeNvml
+        from sdxl_dist_log.testing.fake_nvml import FakeNvml
 
         nvml = FakeNvml(gpus=2, offset=40 * layout[rank][0])
         with make_logger(str(tmp_path), log_system_metrics=True, system_metrics_interval=0.2, nvml=nvml) as wb:

@@ -63,7 +63,7 @@ def _isolate(root: Path) -> Path:
         (root / "wandb_home" / sub).mkdir(parents=True, exist_ok=True)
         os.environ[name] = str(root / "wandb_home" / sub)
     os.environ.update(WANDB_SILENT="true", WANDB_ERROR_REPORTING="false")
-    for var in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_BASE_URL", "SDXL_DIST_LOG_FAKE_NVML"):
+    for var in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_BASE_URL"):
         os.environ.pop(var, None)
     work = root / "work"
     work.mkdir(parents=True, exist_ok=True)
@@ -382,10 +382,6 @@ def test_unified_logger_integration_loop(doc: dict[str, Any]) -> None:
 
 
 def _defects_scenario() -> dict[str, Any]:
-    import sdxl_dist_log.sysstats as sysstats
-
-    # A fresh process logs "NVML unavailable" once; a forked child inherits the flag if the parent logged it.
-    sysstats._nvml_unavailable_logged = False
     # psutil.cpu_percent(None) measures since the previous call *of the calling thread* (psutil >= 5.9.6 keys its
     # state by thread id); an unprimed call returns 0.0 or a one-tick value by chance. To make "was the sampling
     # thread primed?" deterministic, this stand-in keeps psutil's per-thread state but answers -1.0 when unprimed.

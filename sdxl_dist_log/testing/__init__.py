@@ -1,6 +1,8 @@
-"""Test doubles and instruments shared by the tests and benchmarks: never imported by the logger itself.
+"""Test doubles and instruments shared by the tests and benchmarks; production code never imports this package.
 
-- ``fake_nvml``: an NVML with simulated GPUs, passed to ``WandbLogger(nvml=...)`` where no GPU exists;
+Doubles are passed in through constructors (``WandbLogger(nvml=FakeNvml(2))``), never switched on from inside.
+
+- ``fake_nvml``, ``fake_cuda``: an NVML with simulated GPUs and a torch.cuda stand-in, for machines without GPUs;
 - ``probe``: counts collectives (with group sizes and bytes) and CUDA host syncs;
 - ``wandb_env``: a private, offline W&B environment under a folder.
 """

@@ -1,8 +1,9 @@
 """A fake NVML for tests and demos on GPU-less machines, at the seam the real one uses.
 
-``SystemMetrics(nvml=...)`` takes a module-like object; the real one is the ``pynvml`` module (nvidia-ml-py) after
-``nvmlInit()``. :class:`FakeNvml` has the same functions the sampler calls, the same constants, an ``NVMLError`` whose
-subclasses carry ``.value`` like pynvml's, and deterministic values per GPU so tests can assert exact aggregates:
+``SystemMetrics(nvml=...)`` and ``WandbLogger(nvml=...)`` take a module-like object; the real one is the ``pynvml``
+module (nvidia-ml-py) after ``nvmlInit()``. :class:`FakeNvml` has the same functions the sampler calls, the same
+constants, an ``NVMLError`` whose subclasses carry ``.value`` like pynvml's, and deterministic values per GPU so tests
+can assert exact aggregates:
 
 =====================  ===================================================
 figure                 value for GPU ``i`` with offset ``o``
@@ -18,9 +19,8 @@ UUID                   ``GPU-00000000-0000-{o:04x}-0000-{i:012x}``
 PCI bus id             ``00000000:{0x10+i:02X}:00.0`` (bytes, like pynvml)
 =====================  ===================================================
 
-The test/demo seam: :func:`fake_nvml_from_env` reads ``SDXL_DIST_LOG_FAKE_NVML`` (e.g. ``"gpus=2,offset=5"``) from
-a mapping the caller passes. Only the demo/test path calls it (the logger with ``os.environ``); nothing else here
-reads the environment.
+A double is passed in by whoever builds the logger (a test, ``sdxl-dist-log demo --fake-nvml gpus=2``); production
+code never builds one. :func:`parse_fake_nvml_spec` turns a short text spec into its keyword arguments.
 """
 
 from __future__ import annotations
@@ -30,8 +30,6 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-
-ENV_VAR = "SDXL_DIST_LOG_FAKE_NVML"
 
 NVML_TEMPERATURE_GPU = 0
 NVML_CLOCK_SM = 1
@@ -293,30 +291,6 @@ def parse_fake_nvml_spec(spec: str) -> dict[str, Any]:
             else:
                 raise ValueError(f"unknown key {key!r} (known: gpus, offset, fail)")
         except ValueError as exc:
-            raise ValueError(f"{ENV_VAR}={spec!r}: {exc}") from None
+            raise ValueError(f"fake NVML spec {spec!r}: {exc}") from None
     return out
 
-
-def fake_nvml_from_env(env: Mapping[str, str]) -> FakeNvml | None:
-    """A FakeNvml when ``env`` asks for one (test/demo seam), else None.
-
-    Args:
-        env: an environment mapping, e.g. ``os.environ`` (read here and nowhere else).
-
-    Returns:
-        ``FakeNvml(**parse_fake_nvml_spec(env["SDXL_DIST_LOG_FAKE_NVML"]))``, initialised, or None when the
-        variable is unset or empty.
-
-    Raises:
-        ValueError: the variable's value cannot be parsed.
-
-    Example:
-        >>> fake_nvml_from_env({"SDXL_DIST_LOG_FAKE_NVML": "gpus=2"}).gpus
-        2
-    """
-    spec = env.get(ENV_VAR, "").strip()
-    if not spec:
-        return None
-    fake = FakeNvml(**parse_fake_nvml_spec(spec))
-    fake.nvmlInit()
-    return fake
