@@ -111,7 +111,11 @@ class Collectives:
 
     @property
     def store(self) -> Any:
-        """The process group's key-value store (None without a process group)."""
+        """The process group's key-value store; without a process group, a private in-process one (made once)."""
+        if self._store is None:
+            import torch.distributed as dist
+
+            self._store = dist.HashStore()
         return self._store
 
     # -- operations ---------------------------------------------------------------------------------------------

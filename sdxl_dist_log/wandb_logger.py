@@ -134,37 +134,12 @@ class WandbLogger:
         cfg = self.config
         if not cfg.log_system_metrics or self.identity.mode == "disabled":  # every rank knows the mode by now
             return None
-        try:
-            from sdxl_dist_log.system import SystemMetrics
+        from sdxl_dist_log.system import start_system_metrics
 
-            store = self._collectives.store
-            if store is None:
-                import torch.distributed as dist
-
-                store = dist.HashStore()
-            cuda_device = _current_cuda_device()
-            local_rank = self.rank_info.local_rank
-            if cuda_device == 0 and local_rank > 0 and _cuda_device_count() > local_rank:
-                self._warn(f"rank {self.rank_info.rank} (local rank {local_rank}) is on cuda:0: call "
-                           "torch.cuda.set_device(local_rank) before building WandbLogger, or its GPU figures are "
-                           "those of cuda:0")
-            system = SystemMetrics(
-                self.rank_info,
-                store,
-                interval=cfg.system_metrics_interval,
-                run_dir=cfg.dir,
-                sink=self._log_system_row if self.is_primary else None,
-                aggregate_only=cfg.system_metrics_aggregate_only,
-                nvml=self._nvml,
-                cuda_device=cuda_device,
-                namespace=f"{self._collectives.namespace}/sys",
-                logger=self._log,
-            )
-            system.start()
-            return system
-        except Exception as exc:  # system metrics are a bonus: never fail the job for them
-            self._warn(f"system metrics are off: {type(exc).__name__}: {exc}")
-            return None
+        return start_system_metrics(
+            self.rank_info, self._collectives.store, interval=cfg.system_metrics_interval, run_dir=cfg.dir,
+            sink=self._log_system_row if self.is_primary else None, aggregate_only=cfg.system_metrics_aggregate_only,
+            nvml=self._nvml, namespace=f"{self._collectives.namespace}/sys", logger=self._log)
 
     # -- metrics ------------------------------------------------------------------------------------------------
     def log_metrics(
@@ -464,20 +439,6 @@ def _artifact_name(name: str) -> str:
     if not cleaned:
         raise ValueError(f"artifact name {name!r} has no usable characters")
     return cleaned
-
-
-def _cuda_device_count() -> int:
-    import torch
-
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
-def _current_cuda_device() -> int | None:
-    import torch
-
-    if not torch.cuda.is_available():
-        return None
-    return torch.cuda.current_device()
 
 
 __all__ = ["WandbLogger"]

@@ -27,7 +27,9 @@ def test_create_without_process_group_is_inactive(local: Collectives) -> None:
     assert local.active is False
     assert local.world_size == 1
     assert local.rank == 3
-    assert local.store is None
+    assert local.store is local.store  # a private in-process store, made once
+    local.store.set("k", "v")
+    assert local.store.get("k") == b"v"
     assert local.failure is None
 
 

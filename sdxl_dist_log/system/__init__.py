@@ -28,7 +28,7 @@ from sdxl_dist_log.system.rows import (
     node_figure_key,
 )
 from sdxl_dist_log.system.samplers import CudaSampler, HostSampler, NvmlLoader, NvmlSampler
-from sdxl_dist_log.system.service import SystemMetrics
+from sdxl_dist_log.system.service import SystemMetrics, start_system_metrics
 from sdxl_dist_log.system.wire import KeyValueStore
 
 __all__ = [
@@ -54,4 +54,5 @@ __all__ = [
     "node_figure_key",
     "normalize_pci_bus_id",
     "normalize_uuid",
+    "start_system_metrics",
 ]

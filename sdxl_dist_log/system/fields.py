@@ -93,6 +93,10 @@ class CudaProbe(Protocol):
 
     def identity(self, device: int) -> tuple[str | None, str | None]: ...
 
+    def current_device(self) -> int | None: ...
+
+    def device_count(self) -> int: ...
+
 
 CUDA_ERRORS: tuple[type[BaseException], ...] = (RuntimeError, AssertionError)
 """What torch.cuda raises for a device it cannot use (``AssertionError`` when torch has no CUDA at all)."""
@@ -100,6 +104,18 @@ CUDA_ERRORS: tuple[type[BaseException], ...] = (RuntimeError, AssertionError)
 
 class TorchCuda:
     """This process's ``torch.cuda``."""
+
+    def current_device(self) -> int | None:
+        """The CUDA device this process uses, or None without CUDA."""
+        import torch
+
+        return torch.cuda.current_device() if torch.cuda.is_available() else None
+
+    def device_count(self) -> int:
+        """CUDA devices visible to this process."""
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
     def memory_stats(self, device: int) -> dict[str, float]:
         """torch.cuda's view of this process's memory on ``device``."""

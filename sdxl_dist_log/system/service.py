@@ -18,7 +18,7 @@ from typing import Any
 
 from sdxl_dist_log.ranks import RankInfo
 from sdxl_dist_log.system.collector import Collector
-from sdxl_dist_log.system.fields import CudaProbe, nvml_errors
+from sdxl_dist_log.system.fields import CUDA_ERRORS, CudaProbe, TorchCuda, nvml_errors
 from sdxl_dist_log.system.guard import Guard
 from sdxl_dist_log.system.rows import NodeReport, RankReport, entity_key, node_figure_key, rank_label
 from sdxl_dist_log.system.samplers import CudaSampler, HostSampler, NvmlLoader, NvmlSampler
@@ -315,3 +315,45 @@ class SystemMetrics:
             return
         if row is not None and self._retry.run("sink", lambda: sink(row)):
             self.rows_emitted += 1
+
+
+def start_system_metrics(
+    rank_info: RankInfo,
+    store: KeyValueStore,
+    *,
+    interval: float,
+    run_dir: str,
+    sink: Sink | None,
+    aggregate_only: bool,
+    nvml: Any | None,
+    namespace: str,
+    logger: logging.Logger,
+    cuda_probe: CudaProbe | None = None,
+) -> SystemMetrics | None:
+    """Start sampling this process (and, on a node leader, its node) in the background; None if it cannot start.
+
+    System figures are a bonus: whatever goes wrong here is one warning, never an error that stops training. A rank
+    whose CUDA device is still cuda:0 while its local rank is not 0 gets a warning: its figures would be cuda:0's.
+
+    Args:
+        sink: receives the cluster-wide rows (the primary's); None on other ranks.
+        nvml: an NVML module or test double; pynvml when None.
+        cuda_probe: torch.cuda or a test double.
+        Others: as ``SystemMetrics``.
+    """
+    cuda = cuda_probe or TorchCuda()
+    try:
+        device = cuda.current_device()
+        local = rank_info.local_rank
+        if device == 0 and local > 0 and cuda.device_count() > local:
+            logger.warning(f"rank {rank_info.rank} (local rank {local}) is on cuda:0: call "
+                           "torch.cuda.set_device(local_rank) before building WandbLogger, or its GPU figures are "
+                           "those of cuda:0")
+        system = SystemMetrics(rank_info, store, interval=interval, run_dir=run_dir, sink=sink,
+                               aggregate_only=aggregate_only, nvml=nvml, cuda_device=device, cuda_probe=cuda,
+                               namespace=namespace, logger=logger)
+        system.start()
+        return system
+    except (*CUDA_ERRORS, *STORE_ERRORS, OSError, ValueError) as exc:  # a bonus: never fail the job for it
+        logger.warning(f"system metrics are off: {type(exc).__name__}: {exc}")
+        return None

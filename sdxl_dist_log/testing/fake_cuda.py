@@ -19,6 +19,8 @@ class FakeCuda:
         pci: the PCI bus id as ``dddd:bb:dd``, or None.
         stats_error: raised by every ``memory_stats`` call instead.
         identity_error: raised by ``identity`` instead.
+        device: what ``current_device`` returns (None: no CUDA).
+        devices: what ``device_count`` returns; one more than ``device`` (or 0) when None.
 
     Example:
         >>> FakeCuda({"memory_allocated": 1.0}, uuid="abc").identity(0)
@@ -26,12 +28,15 @@ class FakeCuda:
     """
 
     def __init__(self, stats: Mapping[str, float] | None = None, *, uuid: str | None = None, pci: str | None = None,
-                 stats_error: BaseException | None = None, identity_error: BaseException | None = None) -> None:
+                 stats_error: BaseException | None = None, identity_error: BaseException | None = None,
+                 device: int | None = None, devices: int | None = None) -> None:
         self.stats = dict(stats or {})
         self.uuid = uuid
         self.pci = pci
         self.stats_error = stats_error
         self.identity_error = identity_error
+        self.device = device
+        self.devices = devices if devices is not None else (0 if device is None else device + 1)
         self.calls: Counter[str] = Counter()
 
     def memory_stats(self, device: int) -> dict[str, float]:
@@ -45,3 +50,9 @@ class FakeCuda:
         if self.identity_error is not None:
             raise self.identity_error
         return self.uuid, self.pci
+
+    def current_device(self) -> int | None:
+        return self.device
+
+    def device_count(self) -> int:
+        return self.devices

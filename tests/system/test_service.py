@@ -20,7 +20,7 @@ import pytest
 
 from sdxl_dist_log.launch.local import run_ranks, values_or_raise
 from sdxl_dist_log.ranks import RankInfo
-from sdxl_dist_log.system.service import SystemMetrics, first_delay, run_every
+from sdxl_dist_log.system.service import SystemMetrics, first_delay, run_every, start_system_metrics
 from sdxl_dist_log.testing.fake_cuda import FakeCuda
 from sdxl_dist_log.testing.fake_nvml import GIB, MIB, FakeNvml
 
@@ -472,3 +472,34 @@ def test_node_that_stops_reporting_is_marked_stale_not_waited_for(tmp_path: Path
     # the collector kept its cadence while node 1 was gone: more rows came, none waiting for node 1
     assert len(rows) >= primary["stale"] + 1 + ROWS_WHILE_GONE
     assert all(not math.isnan(v) for r in rows for v in r.values())
+
+
+# -- start_system_metrics: what the logger calls ---------------------------------------------------------------
+def _start(rank: RankInfo, cuda, logger: logging.Logger):
+    import torch.distributed as dist
+
+    return start_system_metrics(rank, dist.HashStore(), interval=3600.0, run_dir=".", sink=None, aggregate_only=False,
+                                nvml=FakeNvml(gpus=2), namespace="t", logger=logger, cuda_probe=cuda)
+
+
+@pytest.mark.parametrize(("device", "devices", "warned"), [(0, 2, True), (1, 2, False), (0, 1, False),
+                                                           (None, 0, False)])
+def test_a_rank_left_on_cuda0_is_told_to_set_its_device(device, devices, warned, caplog) -> None:
+    rank = RankInfo(rank=1, world_size=2, local_rank=1, local_world_size=2)
+    logger = logging.getLogger("test.start")
+    with caplog.at_level(logging.WARNING, logger="test.start"):
+        system = _start(rank, FakeCuda(device=device, devices=devices), logger)
+    try:
+        assert system is not None and system.cuda_device == device
+        assert any("torch.cuda.set_device(local_rank)" in r.getMessage() for r in caplog.records) is warned
+    finally:
+        system.stop(timeout=5.0)
+
+
+def test_a_system_sampler_that_cannot_start_is_one_warning_not_an_error(caplog) -> None:
+    logger = logging.getLogger("test.start")
+    broken = FakeCuda()
+    broken.current_device = lambda: (_ for _ in ()).throw(RuntimeError("CUDA driver gone"))  # type: ignore[method-assign]
+    with caplog.at_level(logging.WARNING, logger="test.start"):
+        assert _start(RankInfo(), broken, logger) is None
+    assert any("system metrics are off: RuntimeError: CUDA driver gone" in r.getMessage() for r in caplog.records)
