@@ -8,8 +8,10 @@ become a size mismatch. When a row outgrows the frame, every rank sees it in the
 
 from __future__ import annotations
 
+import numbers
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -35,6 +37,20 @@ class CallInfo:
     @property
     def kind(self) -> int:
         return CALL_KINDS.get(self.name, 0)
+
+
+def checked_step(step: Any, error_type: type[Exception]) -> int | None:
+    """``step`` as an int, or None; anything but an int >= 0 (bools, strings, floats) raises ``error_type`` naming it.
+
+    The step travels in every call header, so a string step such as "1350" must not slip through as a string.
+    """
+    if step is None:
+        return None
+    if isinstance(step, bool) or not isinstance(step, numbers.Integral):
+        raise error_type(f"step={step!r} ({type(step).__name__}) must be an int >= 0 or None")
+    if step < 0:
+        raise error_type(f"step={step!r} must be >= 0")
+    return int(step)
 
 
 def describe_kind(kind: int) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import numbers
 import os
 import signal
 import threading
@@ -20,12 +19,13 @@ from typing import Any
 
 import numpy as np
 
+from sdxl_dist_log import checkpoints
 from sdxl_dist_log.backends.base import Backend, NullBackend
 from sdxl_dist_log.collectives import Collectives
 from sdxl_dist_log.config import WandbConfig
 from sdxl_dist_log.dispatch import Dispatcher
 from sdxl_dist_log.errors import ConfigError, ImageInputError, MetricValueError
-from sdxl_dist_log.framing import CallInfo
+from sdxl_dist_log.framing import CallInfo, checked_step
 from sdxl_dist_log.identity import CONFIG_SECTION, RunIdentity, launch_record, propose_identity
 from sdxl_dist_log.images import convert, transport
 from sdxl_dist_log.metrics import apply_prefix
@@ -35,7 +35,6 @@ from sdxl_dist_log.reduction import MetricReducer, PreparedMetrics
 from sdxl_dist_log.runconfig import deep_merge, redact_secrets
 
 _log = logging.getLogger("sdxl_dist_log")
-_FINAL_ALIASES = frozenset({"best", "final"})
 
 
 class WandbLogger:
@@ -172,7 +171,7 @@ class WandbLogger:
         """
         prepared = self._metrics.prepare(metrics, reduce, non_blocking=self._dispatcher.threaded)
         try:  # a bad step, like a bad value, must still reach the collective (as an error flag)
-            step = _checked_step(step)
+            step = checked_step(step, MetricValueError)
         except MetricValueError as exc:
             step, prepared = None, prepared.failed(exc)
         if prepared.error is not None and not self._collectives.active:
@@ -226,8 +225,8 @@ class WandbLogger:
         arrays: list[np.ndarray] = []
         names: list[str | None] = []
         try:  # any failure here must still reach the collective (as an error flag), or this rank skips it
-            step = _checked_step(step, error_type=ImageInputError)
-            arrays = convert.to_uint8_hwc(images, value_range=value_range) if _has_images(images) else []
+            step = checked_step(step, ImageInputError)
+            arrays = convert.to_uint8_hwc(images, value_range=value_range) if convert.has_images(images) else []
             names = convert.normalize_captions(captions, len(arrays))
         except Exception as exc:
             error = exc if isinstance(exc, ImageInputError) else ImageInputError(f"{type(exc).__name__}: {exc}")
@@ -296,14 +295,10 @@ class WandbLogger:
         self._dispatcher.raise_pending()
         cfg = self.config
         aliases = list(aliases or [])
-        if not self.is_primary or not cfg.log_model or self.identity.mode == "disabled":
+        if not self.is_primary or self.identity.mode == "disabled" or not checkpoints.wanted(cfg, aliases):
             return False
-        if not cfg.log_checkpoints and not _FINAL_ALIASES.intersection(aliases):
-            return False
-        source = os.fspath(path)
-        if not os.path.exists(source):
-            raise FileNotFoundError(f"log_model: checkpoint {source!r} does not exist; nothing was uploaded")
-        artifact = _artifact_name(name or cfg.checkpoint_prefix)
+        source = checkpoints.existing_source(path)
+        artifact = checkpoints.artifact_name(name or cfg.checkpoint_prefix)
         details = {"source_path": os.path.abspath(source), "step": self._last_step, **dict(metadata or {})}
         uploaded = self._backend.log_artifact(source, name=artifact, type=type, aliases=aliases, metadata=details)
         if uploaded:
@@ -417,28 +412,6 @@ class WandbLogger:
 
     def _info(self, message: str) -> None:
         self._log.info(message)
-
-
-def _checked_step(step: Any, error_type: type[Exception] = MetricValueError) -> int | None:
-    """``step`` as an int, or None; anything but an int >= 0 (bools, strings, floats) is an error naming ``step``."""
-    if step is None:
-        return None
-    if isinstance(step, bool) or not isinstance(step, numbers.Integral):
-        raise error_type(f"step={step!r} ({type(step).__name__}) must be an int >= 0 or None")
-    if step < 0:
-        raise error_type(f"step={step!r} must be >= 0")
-    return int(step)
-
-
-def _has_images(images: Any) -> bool:
-    return images is not None and not (isinstance(images, (list, tuple)) and len(images) == 0)
-
-
-def _artifact_name(name: str) -> str:
-    cleaned = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in name).strip("-.")
-    if not cleaned:
-        raise ValueError(f"artifact name {name!r} has no usable characters")
-    return cleaned
 
 
 __all__ = ["WandbLogger"]

@@ -11,6 +11,7 @@ from sdxl_dist_log.framing import (
     LENGTH,
     CallInfo,
     build_frame,
+    checked_step,
     grown_frame,
     out_of_step,
 )
@@ -126,3 +127,16 @@ def test_a_row_longer_than_the_frame_is_cut_but_announced() -> None:
                                                             (1000, 128, 1024), (1025, 128, 2048)])
 def test_frames_grow_to_the_next_power_of_two(longest: int, frame: int, expected: int) -> None:
     assert grown_frame(longest, frame) == expected
+
+
+@pytest.mark.parametrize("step", [None, 0, 7, np.int64(12)])
+def test_checked_step_keeps_ints_and_none(step) -> None:
+    got = checked_step(step, ValueError)
+    assert got == step and (got is None or type(got) is int)
+
+
+@pytest.mark.parametrize(("step", "words"), [("1350", "str"), ("seven", "str"), (1.0, "float"), (True, "bool"),
+                                             (-5, ">= 0")])
+def test_checked_step_names_the_step(step, words: str) -> None:
+    with pytest.raises(KeyError, match=words):
+        checked_step(step, KeyError)

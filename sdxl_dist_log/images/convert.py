@@ -57,6 +57,11 @@ def image_error(index: int, batch: int | None, shape: Sequence[int], dtype: obje
 # --------------------------------------------------------------------------------------------------- conversion
 
 
+def has_images(images: Any) -> bool:
+    """False for None and an empty list or tuple (a rank with no samples this call); True for anything else."""
+    return images is not None and not (isinstance(images, (list, tuple)) and len(images) == 0)
+
+
 def to_uint8_hwc(images: Any, *, value_range: tuple[float, float] = (0.0, 1.0)) -> list[np.ndarray]:
     """Convert one image, a batch, or a list of images to a list of contiguous uint8 (H, W, C) arrays.
 
