@@ -9,7 +9,7 @@ from pathlib import Path
 
 from sdxl_dist_log.identity import CONFIG_SECTION
 from sdxl_dist_log.report.attempts import MergedRun, load_runs, merge_attempts
-from sdxl_dist_log.report.charts import gpus_section, metrics_section, stragglers_section
+from sdxl_dist_log.report.charts import gpus_section, metrics_section, stragglers_section, system_section
 from sdxl_dist_log.report.columns import collect_columns
 from sdxl_dist_log.report.downsample import MAX_GRID_COLUMNS, MAX_LINE_POINTS
 from sdxl_dist_log.report.page import page_html, plotly_js
@@ -22,7 +22,7 @@ from sdxl_dist_log.report.tables import (
     run_section,
 )
 
-SECTION_IDS = ("run", "metrics", "gpus", "stragglers", "images", "artifacts", "config")
+SECTION_IDS = ("run", "metrics", "gpus", "stragglers", "images", "system", "artifacts", "config")
 """The page's sections, in order; every report has all of them (an empty one says what the run lacks)."""
 
 
@@ -65,6 +65,7 @@ def build_sections(run: MergedRun, options: ReportOptions | None = None) -> list
         stragglers_section(columns, run.config, run.step_key, max_columns=options.max_columns,
                            max_points=options.max_points),
         images_section(run, max_steps=options.max_image_steps),
+        system_section(columns, run.step_key, max_points=options.max_points),
         artifacts_section(run),
         config_section(run.config),
     ]

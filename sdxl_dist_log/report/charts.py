@@ -1,4 +1,4 @@
-"""The chart sections of the report: metrics against the step, GPU heatmaps, straggler scores. Pure.
+"""The chart sections of the report: metrics and system figures against the step, GPU heatmaps, stragglers. Pure.
 
 Each function takes the run's columns (``columns.collect_columns``) and returns a :class:`Section` whose figures
 are plotly dicts; a run without the data gets a section that says so, never a missing heading.
@@ -11,18 +11,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sdxl_dist_log.report.columns import Column, DeviceKey, device_key, metric_charts
+from sdxl_dist_log.report.columns import SYSTEM_GROUP, Column, DeviceKey, MetricChart, device_key, metric_charts
 from sdxl_dist_log.report.downsample import MAX_GRID_COLUMNS, MAX_LINE_POINTS, grid, grid_edges, minmax_points
 from sdxl_dist_log.report.figures import PALETTE, aligned, chart_layout, heatmap, line_traces, numbers
 from sdxl_dist_log.report.section import ChartIds, Raw, Section, chart_div, esc, note, table
 from sdxl_dist_log.report.stragglers import SectionScores, rank_places, straggler_sections
 
+SCORE_COLORS = [[0.0, "#4393c3"], [0.5, "#f7f7f7"], [0.75, "#f4a582"], [1.0, "#b2182b"]]
+"""Straggler scores: white at 1.0 (typical; the scale is centred there), blue faster, red slower."""
 MAX_TRACES = 64
 """Lines per chart at most (a per-rank key of a 1,000-rank job): the first ones by rank or node are drawn."""
 
 
 def metrics_section(columns: Mapping[str, Column], step_key: str, *, max_points: int = MAX_LINE_POINTS) -> Section:
-    """Every metric against the step, one chart per key (bands and per-rank keys folded in), grouped by prefix.
+    """Every metric against the step, one chart per key (bands and per-rank keys folded in), grouped by prefix;
+    the ``system/`` figures other than per-GPU ones are in :func:`system_section`.
 
     Args:
         columns: the run's numeric columns.
@@ -32,10 +35,54 @@ def metrics_section(columns: Mapping[str, Column], step_key: str, *, max_points:
     Returns:
         The ``metrics`` section.
     """
-    ids = ChartIds("metric")
+    groups = {g: charts for g, charts in metric_charts(columns).items() if g != SYSTEM_GROUP}
+    figures, body = _line_charts(groups, columns, step_key, ChartIds("metric"), max_points)
+    if not figures:
+        return Section("metrics", "Metrics", note("This run logged no numeric metrics."), empty=True)
+    summary = note(f"{len(figures)} charts against <code>{esc(step_key)}</code>; shaded: the "
+                   "<code>_min</code>/<code>_max</code> band of a key; lines of more than "
+                   f"{max_points} points keep each stretch's lowest and highest value.")
+    return Section("metrics", "Metrics", summary + body, figures)
+
+
+def system_section(columns: Mapping[str, Column], step_key: str, *, max_points: int = MAX_LINE_POINTS) -> Section:
+    """The system figures that are not per GPU: cluster-wide aggregates (a band from min to max around the mean),
+    node figures (one line per node), staleness counts; against the step, like the metrics.
+
+    Args:
+        columns: the run's numeric columns.
+        step_key: the x axis.
+        max_points: most points per line.
+
+    Returns:
+        The ``system`` section.
+    """
+    groups = {g: charts for g, charts in metric_charts(columns).items() if g == SYSTEM_GROUP}
+    figures, body = _line_charts(groups, columns, step_key, ChartIds("system"), max_points, headings=False)
+    if not figures:
+        return Section("system", "System", note("This run has no node or cluster-wide system figures."), empty=True)
+    text = note("<code>system/all/...</code>: over every GPU or node (band: min to max, line: mean); "
+                "<code>node*</code>: one line per node. Per-GPU figures are in the GPU heatmaps.")
+    return Section("system", "System", text + body, figures)
+
+
+def _fit_y_axis(layout: dict, values: list[float]) -> None:
+    """Big numbers as 85.9G, not 85899345920 (bytes, byte rates); a constant line with its value on the axis
+    (plotly centres a flat line on 0 with ticks -1..1, which reads as 0 for a learning rate of 0.01)."""
+    if not values:
+        return
+    low, high = min(values), max(values)
+    if max(abs(low), abs(high)) >= 1e4:
+        layout["yaxis"]["tickformat"] = ".4~s"
+    if low == high:
+        pad = abs(low) * 0.5 or 1.0
+        layout["yaxis"]["range"] = [low - pad, high + pad]
+
+
+def _line_charts(groups: Mapping[str, list[MetricChart]], columns: Mapping[str, Column], step_key: str,
+                 ids: ChartIds, max_points: int, headings: bool = True) -> tuple[dict[str, dict], str]:
     figures = {}
     parts = []
-    groups = metric_charts(columns)
     for group, charts in groups.items():
         divs = []
         for chart in charts:
@@ -56,16 +103,14 @@ def metrics_section(columns: Mapping[str, Column], step_key: str, *, max_points:
             if len(chart.traces) > len(shown):
                 notes.append(f"first {len(shown)} of {len(chart.traces)} lines")
             title = chart.title + (f" ({'; '.join(notes)})" if notes else "")
+            layout = chart_layout(title, step_key, legend=len(shown) > 1)
+            _fit_y_axis(layout, [y for t in data for y in t["y"] if y is not None])
             chart_id = ids()
-            figures[chart_id] = {"data": data, "layout": chart_layout(title, step_key, legend=len(shown) > 1)}
+            figures[chart_id] = {"data": data, "layout": layout}
             divs.append(chart_div(chart_id))
-        parts.append(f'<h3>{esc(group or "(no prefix)")}</h3><div class="grid">{"".join(divs)}</div>')
-    if not figures:
-        return Section("metrics", "Metrics", note("This run logged no numeric metrics."), empty=True)
-    summary = note(f"{len(figures)} charts against <code>{esc(step_key)}</code>; shaded: the "
-                   "<code>_min</code>/<code>_max</code> band of a key; lines of more than "
-                   f"{max_points} points keep each stretch's lowest and highest value.")
-    return Section("metrics", "Metrics", summary + "".join(parts), figures)
+        heading = f'<h3>{esc(group or "(no prefix)")}</h3>' if headings else ""
+        parts.append(f'{heading}<div class="grid">{"".join(divs)}</div>')
+    return figures, "".join(parts)
 
 
 @dataclass(frozen=True)
@@ -199,7 +244,7 @@ def stragglers_section(columns: Mapping[str, Column], config: Mapping[str, objec
                 chart_id = ids()
                 figures[chart_id] = heatmap(f"{section.name}: time / median of ranks (1.0 = typical; highest per "
                                             "bucket)", labels, edges, matrix, x_title=step_key, zmid=1.0,
-                                            colorscale="RdBu_r", unit="x median")
+                                            colorscale=SCORE_COLORS, unit="x median")
                 divs.append(chart_div(chart_id, "chart wide"))
         if section.spread is not None:
             xs, ys = minmax_points(*_finite(section.spread), max_points)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import re
 
-from sdxl_dist_log.report.charts import MAX_TRACES, gpus_section, metrics_section, stragglers_section
+import pytest
+
+from sdxl_dist_log.report.charts import MAX_TRACES, gpus_section, metrics_section, stragglers_section, system_section
 from sdxl_dist_log.report.columns import collect_columns
 
 
@@ -31,11 +33,29 @@ def test_metrics_section_one_chart_per_key_band_and_every_div_has_its_figure() -
     assert not section.empty and section.id == "metrics"
     assert chart_ids(section.body) == list(section.figures)
     titles = [f["layout"]["title"]["text"] for f in section.figures.values()]
-    assert titles == ["metrics/loss", "metrics/lr", "system/cpu/percent"]
+    assert titles == ["metrics/loss", "metrics/lr"], "system figures have a section of their own"
     loss = next(iter(section.figures.values()))
     assert [t.get("fill") for t in loss["data"]] == [None, "tonexty", None]
     assert loss["data"][2]["x"] == list(range(50)) and loss["layout"]["xaxis"]["title"]["text"] == "trainer/step"
-    assert section.body.index("<h3>metrics</h3>") < section.body.index("<h3>system</h3>")
+    assert "<h3>metrics</h3>" in section.body and "tickformat" not in loss["layout"]["yaxis"]
+    lr = list(section.figures.values())[1]
+    assert lr["layout"]["yaxis"]["range"] == pytest.approx([0.05, 0.15]), "a constant 0.1 is on an axis around 0.1"
+
+
+def test_system_section_aggregates_as_bands_and_nodes_as_lines() -> None:
+    rows = [{"s": s, "system/all/gpu/memory_used/min": 1e9, "system/all/gpu/memory_used/mean": 2e9,
+             "system/all/gpu/memory_used/max": 3e9, "system/node0/cpu/percent": 10.0,
+             "system/node1/cpu/percent": 20.0, "system/node0/gpu0/utilization": 5.0, "metrics/loss": 1.0}
+            for s in range(5)]
+    section = system_section(collect_columns(rows, "s"), "s")
+    assert chart_ids(section.body) == list(section.figures) and section.id == "system"
+    memory, cpu = section.figures.values()
+    assert memory["layout"]["title"]["text"] == "system/all/gpu/memory_used"
+    assert [t["y"][0] for t in memory["data"]] == [3e9, 1e9, 2e9] and memory["layout"]["yaxis"]["tickformat"]
+    assert cpu["layout"]["title"]["text"] == "system/node*/cpu/percent"
+    assert [t["name"] for t in cpu["data"]] == ["node0", "node1"] and cpu["layout"]["showlegend"]
+    empty = system_section(collect_columns([{"s": 0, "metrics/loss": 1.0}], "s"), "s")
+    assert empty.empty and "no node or cluster-wide system figures" in empty.body
 
 
 def test_metrics_section_says_what_it_left_out() -> None:
