@@ -100,7 +100,7 @@ def inspect_command(run_dirs: tuple[str, ...]) -> int:
 @click.argument("run_dirs", nargs=-1, required=True, metavar="RUN_DIR...")
 @click.option("-o", "--output", default="report.html", type=click.Path(dir_okay=False, writable=True),
               help="the HTML file to write")
-@click.option("--max-points", type=click.IntRange(min=2), default=2000,
+@click.option("--max-points", type=click.IntRange(min=2), default=1000,
               help="points per line at most; longer lines keep each stretch's lowest and highest value")
 @click.option("--max-columns", type=click.IntRange(min=1), default=1000, help="time buckets per heatmap row at most")
 @click.option("--max-image-steps", type=click.IntRange(min=2), default=12,

@@ -39,12 +39,6 @@ class Column:
     values: np.ndarray
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value)
-
-
 def collect_columns(rows: Iterable[Mapping[str, Any]], step_key: str, superseded_key: str = SUPERSEDED_KEY
                     ) -> dict[str, Column]:
     """One :class:`Column` per key holding numbers: W&B's own ``_`` keys, the step key and media left out.
@@ -64,27 +58,36 @@ def collect_columns(rows: Iterable[Mapping[str, Any]], step_key: str, superseded
         >>> cols["a"].steps.tolist(), cols["a"].values.tolist(), list(cols)
         ([1.0], [2.0], ['a'])
     """
-    raw: dict[str, tuple[list[float], list[float], list[float]]] = {}
+    # The hot loop of a report (millions of values in a long run): type checks instead of calls, and per key only
+    # the row index and the value; steps and times are looked up by index at the end.
+    raw: dict[str, tuple[list[int], list[float]]] = {}
+    steps: list[float] = []
+    times: list[float] = []
     nan = float("nan")
-    for row in rows:
-        step = _number(row.get(step_key))
-        time = _number(row.get("_timestamp"))
-        step = nan if step is None else step
-        time = nan if time is None else time
+    for index, row in enumerate(rows):
+        step = row.get(step_key)
+        time = row.get("_timestamp")
+        steps.append(step if type(step) is float or type(step) is int else nan)
+        times.append(time if type(time) is float or type(time) is int else nan)
         superseded = bool(row.get(superseded_key))
         for key, value in row.items():
-            if key.startswith("_") or key == step_key or (superseded and _DEVICE_RE.match(key) is None):
+            kind = type(value)
+            if kind is not float and kind is not int:  # bool, str, media dicts, None: not plotted
                 continue
-            number = _number(value)
-            if number is None:
+            if key[:1] == "_" or key == step_key or (superseded and _DEVICE_RE.match(key) is None):
                 continue
             lists = raw.get(key)
             if lists is None:
-                lists = raw[key] = ([], [], [])
-            lists[0].append(step)
-            lists[1].append(time)
-            lists[2].append(number)
-    return {key: Column(np.array(s), np.array(t), np.array(v)) for key, (s, t, v) in raw.items()}
+                lists = raw[key] = ([], [])
+            lists[0].append(index)
+            lists[1].append(value)
+    all_steps = np.array(steps, dtype=float)
+    all_times = np.array(times, dtype=float)
+    columns = {}
+    for key, (indices, values) in raw.items():
+        at = np.array(indices, dtype=np.int64)
+        columns[key] = Column(all_steps[at], all_times[at], np.array(values, dtype=float))
+    return columns
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
-MAX_LINE_POINTS = 2000
-"""Points kept per line: about two per horizontal pixel of a wide chart."""
+MAX_LINE_POINTS = 1000
+"""Points kept per line: two per pixel column of the report's charts (about 450 px wide), what the lowest and the
+highest value of each column need."""
 MAX_GRID_COLUMNS = 1000
 """Columns kept per heatmap row."""
 

@@ -26,6 +26,8 @@ END_STYLES = {
 }
 """Colour and end-marker symbol of an attempt by how it ended."""
 MARGIN = {"l": 56, "r": 16, "t": 34, "b": 40}
+LINE_DIGITS = 5
+"""Significant digits of a line's values: finer than a 260 px chart can show, and what hover text needs."""
 MAX_ROWS_AT_FULL_HEIGHT = 48
 """Heatmap rows drawn 16 px high; more rows (a 1,000-GPU job) share the height of this many, to stay on a screen."""
 
@@ -96,14 +98,14 @@ def line_traces(
         bx, lows, highs = band_points(bx[keep], lows[keep], highs[keep], max_points)
         common = {"type": "scatter", "mode": "lines", "x": numbers(bx), "line": {"width": 0, "color": color},
                   "hoverinfo": "skip", "showlegend": False, "legendgroup": label}
-        traces.append({**common, "y": numbers(highs), "name": f"{label} max"})
-        traces.append({**common, "y": numbers(lows), "name": f"{label} min", "fill": "tonexty",
+        traces.append({**common, "y": numbers(highs, LINE_DIGITS), "name": f"{label} max"})
+        traces.append({**common, "y": numbers(lows, LINE_DIGITS), "name": f"{label} min", "fill": "tonexty",
                        "fillcolor": _rgba(color, 0.2)})
     fx, fy, dropped = finite(xs, ys)
     fx, fy = minmax_points(fx, fy, max_points)
     traces.append({"type": "scatter", "mode": "lines" if len(fx) > 1 else "markers", "name": label,
-                   "legendgroup": label, "x": numbers(fx), "y": numbers(fy), "line": {"width": 1.5, "color": color},
-                   "marker": {"color": color}})
+                   "legendgroup": label, "x": numbers(fx), "y": numbers(fy, LINE_DIGITS),
+                   "line": {"width": 1.5, "color": color}, "marker": {"color": color}})
     return traces, dropped
 
 

@@ -103,8 +103,8 @@ def _image_entries(run: MergedRun) -> list[tuple[Any, str, int, list[tuple[str, 
     entries = []
     for row in run.current_rows():
         for key, value in row.items():
-            if not is_media(value) or not str(value.get("_type", "")).startswith("image"):
-                continue
+            if type(value) is not dict or not is_media(value) or not str(value.get("_type", "")).startswith("image"):
+                continue  # the type check first: a long run's rows hold millions of plain numbers
             names = value.get("filenames") or ([value["path"]] if isinstance(value.get("path"), str) else [])
             captions = value.get("captions") or ([value["caption"]] if isinstance(value.get("caption"), str) else [])
             pairs = [(str(n), str(captions[i]) if i < len(captions) else "") for i, n in enumerate(names)]
