@@ -24,7 +24,8 @@ def figures_of(html: str) -> dict:
 
 
 def test_page_has_every_section_linked_and_the_figures_as_json() -> None:
-    sections = [Section("metrics", "Metrics", '<div class="chart" id="m-0"></div>', {"m-0": {"data": [], "layout": {}}}),
+    figure = {"data": [], "layout": {}}
+    sections = [Section("metrics", "Metrics", '<div class="chart" id="m-0"></div>', {"m-0": figure}),
                 Section("stragglers", "Stragglers", "<p>none</p>", empty=True)]
     html = page_html("run x", "proj", sections, "window.Plotly = {};")
     assert html.startswith("<!DOCTYPE html>") and "<title>run x</title>" in html
