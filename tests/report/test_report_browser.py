@@ -97,12 +97,12 @@ def test_report_of_a_two_rank_run_draws_every_section_in_chromium(tmp_path: Path
         _save_small(screenshot, Path(docs_copy))
 
 
-def _save_small(src: Path, dst: Path, width: int = 900, max_height: int = 2600) -> None:
-    """A docs-sized copy: scaled to ``width``, cut at ``max_height``, 128 colours."""
+def _save_small(src: Path, dst: Path, width: int = 900, max_height: int = 1680) -> None:
+    """A docs-sized copy: scaled to ``width``, cut at ``max_height``, 256 colours."""
     from PIL import Image
 
     with Image.open(src) as image:
         scaled = image.resize((width, round(image.height * width / image.width)), Image.LANCZOS)
         scaled = scaled.crop((0, 0, width, min(scaled.height, max_height)))
         dst.parent.mkdir(parents=True, exist_ok=True)
-        scaled.convert("RGB").quantize(128).save(dst, optimize=True)
+        scaled.convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT).save(dst, optimize=True)
