@@ -19,6 +19,8 @@ from sdxl_dist_log.report.stragglers import SectionScores, rank_places, straggle
 
 SCORE_COLORS = [[0.0, "#4393c3"], [0.5, "#f7f7f7"], [0.75, "#f4a582"], [1.0, "#b2182b"]]
 """Straggler scores: white at 1.0 (typical; the scale is centred there), blue faster, red slower."""
+GPU_AGGREGATES = "system/all/gpu/"
+"""Prefix of the cluster-wide GPU aggregates (``system/all/gpu/utilization/mean`` ...)."""
 MAX_TRACES = 64
 """Lines per chart at most (a per-rank key of a 1,000-rank job): the first ones by rank or node are drawn."""
 
@@ -46,8 +48,12 @@ def metrics_section(columns: Mapping[str, Column], step_key: str, *, max_points:
 
 
 def system_section(columns: Mapping[str, Column], step_key: str, *, max_points: int = MAX_LINE_POINTS) -> Section:
-    """The system figures that are not per GPU: cluster-wide aggregates (a band from min to max around the mean),
-    node figures (one line per node), staleness counts; against the step, like the metrics.
+    """The system figures that are not per GPU: node figures (one line per node), staleness counts, and the
+    cluster-wide GPU aggregates (a band from min to max around the mean) when the run has no per-GPU rows
+    (``system_metrics_aggregate_only``); against the step, like the metrics.
+
+    With per-GPU rows the ``system/all/gpu/...`` aggregates are left out: the GPU heatmaps show every value they
+    summarise, and 15 more banded charts would double what the browser draws.
 
     Args:
         columns: the run's numeric columns.
@@ -57,12 +63,14 @@ def system_section(columns: Mapping[str, Column], step_key: str, *, max_points: 
     Returns:
         The ``system`` section.
     """
-    groups = {g: charts for g, charts in metric_charts(columns).items() if g == SYSTEM_GROUP}
+    per_gpu = any(device_key(key) is not None for key in columns)
+    groups = {g: [c for c in charts if not (per_gpu and c.title.startswith(GPU_AGGREGATES))]
+              for g, charts in metric_charts(columns).items() if g == SYSTEM_GROUP}
     figures, body = _line_charts(groups, columns, step_key, ChartIds("system"), max_points, headings=False)
     if not figures:
         return Section("system", "System", note("This run has no node or cluster-wide system figures."), empty=True)
-    text = note("<code>system/all/...</code>: over every GPU or node (band: min to max, line: mean); "
-                "<code>node*</code>: one line per node. Per-GPU figures are in the GPU heatmaps.")
+    text = note("<code>node*</code>: one line per node; <code>system/all/...</code>: over every node (band: min to "
+                "max, line: mean)" + ("; per-GPU figures are in the GPU heatmaps." if per_gpu else "."))
     return Section("system", "System", text + body, figures)
 
 

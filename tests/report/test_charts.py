@@ -45,7 +45,7 @@ def test_metrics_section_one_chart_per_key_band_and_every_div_has_its_figure() -
 def test_system_section_aggregates_as_bands_and_nodes_as_lines() -> None:
     rows = [{"s": s, "system/all/gpu/memory_used/min": 1e9, "system/all/gpu/memory_used/mean": 2e9,
              "system/all/gpu/memory_used/max": 3e9, "system/node0/cpu/percent": 10.0,
-             "system/node1/cpu/percent": 20.0, "system/node0/gpu0/utilization": 5.0, "metrics/loss": 1.0}
+             "system/node1/cpu/percent": 20.0, "metrics/loss": 1.0}
             for s in range(5)]
     section = system_section(collect_columns(rows, "s"), "s")
     assert chart_ids(section.body) == list(section.figures) and section.id == "system"
@@ -54,6 +54,9 @@ def test_system_section_aggregates_as_bands_and_nodes_as_lines() -> None:
     assert [t["y"][0] for t in memory["data"]] == [3e9, 1e9, 2e9] and memory["layout"]["yaxis"]["tickformat"]
     assert cpu["layout"]["title"]["text"] == "system/node*/cpu/percent"
     assert [t["name"] for t in cpu["data"]] == ["node0", "node1"] and cpu["layout"]["showlegend"]
+    with_gpus = [{**row, "system/node0/gpu0/utilization": 5.0} for row in rows]
+    (cpu_only,) = system_section(collect_columns(with_gpus, "s"), "s").figures.values()
+    assert cpu_only["layout"]["title"]["text"] == "system/node*/cpu/percent", "the heatmaps show the GPU figures"
     empty = system_section(collect_columns([{"s": 0, "metrics/loss": 1.0}], "s"), "s")
     assert empty.empty and "no node or cluster-wide system figures" in empty.body
 
