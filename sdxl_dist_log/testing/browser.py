@@ -63,10 +63,15 @@ class PageResult:
 
     rendered: str
     """``<body data-rendered>``: ms from navigation until every chart was drawn, or ``"error"``."""
+    first_screen_ms: float
+    """``data-first-screen``: ms from navigation until the charts of the first screen were drawn."""
     plot_ms: float
     """ms the charts took to draw (``data-plot-ms``)."""
     wall_s: float
     """Seconds from ``goto`` until the charts were drawn, measured outside the page."""
+    cpu_s: float
+    """CPU seconds the browser's processes used from ``goto`` until the charts were drawn: unlike the times, it
+    barely grows when other work shares the machine."""
     sections: dict[str, str]
     """Section id -> its heading."""
     charts: list[ChartState]
@@ -74,6 +79,21 @@ class PageResult:
     """Console errors and uncaught page errors."""
     requests: list[str] = field(default_factory=list)
     """URLs the page requested other than itself and ``data:`` URIs (a self-contained page has none)."""
+
+
+def _browser_cpu_s() -> float:
+    """User + system CPU seconds of this process's Chromium descendants (Playwright's driver starts them)."""
+    import psutil
+
+    total = 0.0
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "chrom" in child.name():
+                times = child.cpu_times()
+                total += times.user + times.system
+        except psutil.Error:  # a helper process that ended in between
+            continue
+    return total
 
 
 def chromium_path(path: str = CHROMIUM) -> str:
@@ -127,12 +147,15 @@ def open_report(html: str | os.PathLike[str], *, screenshot: str | os.PathLike[s
                 page.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))
                 page.on("request", lambda req: requests.append(req.url)
                         if req.url != url and not req.url.startswith("data:") else None)
+                cpu_before = _browser_cpu_s()
                 start = time.perf_counter()
                 page.goto(url)
                 page.wait_for_function("document.body.dataset.rendered !== undefined")
                 wall_s = time.perf_counter() - start
+                cpu_s = _browser_cpu_s() - cpu_before
                 state: dict[str, Any] = page.evaluate(
                     "() => ({rendered: document.body.dataset.rendered, plot: document.body.dataset.plotMs,"
+                    " first: document.body.dataset.firstScreen,"
                     " sections: Object.fromEntries(Array.from(document.querySelectorAll('section[data-section]'))"
                     ".map((s) => [s.id, s.querySelector('h2').textContent]))})")
                 charts = [ChartState(**c) for c in page.evaluate(_CHART_STATE_JS)]
@@ -142,5 +165,6 @@ def open_report(html: str | os.PathLike[str], *, screenshot: str | os.PathLike[s
                 context.close()
     finally:
         shutil.rmtree(profile, ignore_errors=True)
-    return PageResult(rendered=state["rendered"], plot_ms=float(state["plot"] or "nan"), wall_s=wall_s,
+    return PageResult(rendered=state["rendered"], first_screen_ms=float(state["first"] or "nan"),
+                      plot_ms=float(state["plot"] or "nan"), wall_s=wall_s, cpu_s=cpu_s,
                       sections=state["sections"], charts=charts, errors=errors, requests=requests)
