@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from sdxl_dist_log.offline.model import is_media
+from sdxl_dist_log.offline.model import OfflineRun, is_media
 from sdxl_dist_log.report.attempts import ATTEMPT_KEY, MergedRun
 from sdxl_dist_log.report.figures import timeline
 from sdxl_dist_log.report.section import ChartIds, Raw, Section, chart_div, duration, esc, note, size, table, when
@@ -67,7 +67,7 @@ def run_section(run: MergedRun) -> Section:
     return Section("run", "Run and attempts", body, figures)
 
 
-def _state_text(run: Any) -> str:
+def _state_text(run: OfflineRun) -> str:
     state = run.end_state
     if state == "killed":
         text = "killed (no exit record)"
