@@ -17,15 +17,13 @@ import numpy as np
 from sdxl_dist_log.collectives import Collectives
 from sdxl_dist_log.errors import MetricKeyMismatchError, MetricValueError
 from sdxl_dist_log.framing import CallInfo
+from sdxl_dist_log.hierarchy import decided_at_primary
+from sdxl_dist_log.metric_stage import DIFFERING, INVALID, V_CODE, MetricStage
 from sdxl_dist_log.metrics import (
-    ERROR_FLAG,
-    FINGERPRINT,
-    KEY_COUNT,
     MetricPlan,
     describe_missing,
     pack_row,
     pack_values_deferred,
-    reduce_rows,
     reduce_union,
     resolve_reduce,
 )
@@ -115,19 +113,36 @@ class MetricReducer:
         """
         values = prepared.values() if prepared.values is not None else None
         plan = prepared.plan
-        rows = self._collectives.all_gather_rows(pack_row(plan, values), call)
-        if np.any(rows[:, ERROR_FLAG] != 0):
-            bad = [r for r in range(len(rows)) if rows[r, ERROR_FLAG] != 0]
+        collectives = self._collectives
+        stage = MetricStage(plan, collectives.topology.world_size)
+        outcome = collectives.reduce_call(pack_row(plan, values), call, stage)
+        verdict = outcome.stage[V_CODE]
+        if verdict == INVALID:
+            named, count = stage.error_ranks(outcome.stage)
+            more = f" and {count - len(named)} more" if count > len(named) else ""
             own = f": {prepared.error}" if prepared.error is not None else ""
-            raise MetricValueError(f"{call}: ranks {bad} passed invalid metric values{own}; nothing was logged")
-        if np.all(rows[:, FINGERPRINT] == rows[0, FINGERPRINT]) and np.all(rows[:, KEY_COUNT] == rows[0, KEY_COUNT]):
-            return reduce_rows(plan, rows, primary_rank=self._primary_rank)
-        return self._reduce_differing_keys(plan, values, call)
+            raise MetricValueError(f"{call}: ranks {named}{more} passed invalid metric values{own}; nothing was logged")
+        if verdict == DIFFERING:
+            return self._reduce_differing_keys(plan, values, call)
+        per_rank = None
+        if stage.per_rank_count:
+            per_rank = collectives.run(stage.share_per_rank(collectives.topology, outcome.block), call)
+        return stage.values(outcome.stage, per_rank)
 
     def _reduce_differing_keys(self, plan: MetricPlan, values: np.ndarray | None, call: CallInfo) -> dict[str, float]:
         mine = [(k, op.value, float(v)) for k, op, v in zip(plan.keys, plan.ops, values if values is not None else [])]
-        entries = self._collectives.all_gather_object(mine, call)
-        reduced, missing = reduce_union(entries, primary_rank=self._primary_rank)
+        primary = self._primary_rank
+
+        def union(entries: list[Any]) -> tuple[str, Any]:
+            try:
+                return "ok", reduce_union(entries, primary_rank=primary)
+            except MetricKeyMismatchError as exc:  # ranks disagree on a key's op: every rank raises it
+                return "conflict", str(exc)
+
+        kind, outcome = self._collectives.run(decided_at_primary(self._collectives.topology, mine, union), call)
+        if kind == "conflict":
+            raise MetricKeyMismatchError(outcome)
+        reduced, missing = outcome
         if self._strict_keys:
             raise MetricKeyMismatchError(
                 f"{call}: ranks passed different metric keys (strict_keys=True): {describe_missing(missing)}", missing

@@ -26,6 +26,7 @@ from sdxl_dist_log.config import WandbConfig
 from sdxl_dist_log.dispatch import Dispatcher
 from sdxl_dist_log.errors import ConfigError, ImageInputError, MetricValueError
 from sdxl_dist_log.framing import CallInfo, checked_step
+from sdxl_dist_log.hierarchy import bytes_to_primary
 from sdxl_dist_log.identity import CONFIG_SECTION, RunIdentity, launch_record, propose_identity
 from sdxl_dist_log.images import convert, transport
 from sdxl_dist_log.metrics import apply_prefix
@@ -73,7 +74,8 @@ class WandbLogger:
             launch = dataclasses.replace(launch, rank=rank_info)
         cfg, rank = self.config, launch.rank
         self._collectives = Collectives.create(rank=rank.rank, world_size=rank.world_size,
-                                               timeout=cfg.collective_timeout)
+                                               timeout=cfg.collective_timeout, node=rank.node_rank,
+                                               primary=cfg.primary_rank, interfaces=launch.gloo_socket_ifname)
         if self._collectives.active:
             rank = rank.with_process_group(self._collectives.rank, self._collectives.world_size)
             launch = dataclasses.replace(launch, rank=rank)
@@ -245,22 +247,32 @@ class WandbLogger:
         self, arrays: list[np.ndarray], captions: list[str | None], error: Exception | None, key: str, call: CallInfo
     ) -> int:
         cap = self.config.max_images_to_log
+        collectives = self._collectives
         encoded = transport.encode_captions(captions)
+        stage = transport.ImageStage(cap)
         offer = transport.pack_offer(arrays, encoded, cap, failed=error is not None)
-        plan = transport.plan_gather(self._collectives.all_gather_rows(offer, call), cap)
-        if plan.failed_ranks:
+        outcome = collectives.reduce_call(offer, call, stage)
+        failed, count = stage.failed_ranks(outcome.stage)
+        if count:
             own = f": {error}" if error is not None else ""
-            raise ImageInputError(f"{call}: ranks {plan.failed_ranks} passed invalid images or captions{own}; "
+            more = f" and {count - len(failed)} more" if count > len(failed) else ""
+            raise ImageInputError(f"{call}: ranks {failed}{more} passed invalid images or captions{own}; "
                                   "nothing was logged")
-        if sum(plan.offered) > cap and self.is_primary:
-            self._warn(f"{call}: {sum(plan.offered)} images offered, logging {cap} (max_images_to_log); "
-                       f"per rank {plan.shares}", once_key="image-cap")
-        mine = plan.shares[self.rank_info.rank if self._collectives.active else 0]
+        senders = stage.senders(outcome.stage)
+        topology = collectives.topology
+        if stage.offered(outcome.stage) > cap and self.is_primary:
+            shares = {r: share for r, (share, _) in senders.items()}
+            self._warn(f"{call}: {stage.offered(outcome.stage)} images offered, logging {cap} (max_images_to_log); "
+                       f"images per sending rank {shares}", once_key="image-cap")
+        mine = senders.get(topology.rank, (0, 0))[0]
         payload = transport.pack_payload(arrays, encoded, mine)
-        buffers = self._collectives.gather_bytes(payload, plan.sizes, dst=self.config.primary_rank, call=call)
+        sizes = {r: size for r, (_, size) in senders.items()}
+        buffers = collectives.run(bytes_to_primary(topology, sizes, payload), call)
         if not self.is_primary:
             return mine
-        images, names = transport.unpack_payloads(plan, buffers, label_ranks=len(plan.shares) > 1)
+        plan = stage.plan(outcome.block)
+        by_rank = [buffers.get(r, np.empty(0, np.uint8)) for r in range(topology.world_size)]
+        images, names = transport.unpack_payloads(plan, by_rank, label_ranks=topology.world_size > 1)
         self._warn_if_degraded(call)
         if images:
             with self._lock:
