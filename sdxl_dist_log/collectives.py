@@ -35,27 +35,20 @@ from typing import Any
 import numpy as np
 
 from sdxl_dist_log.errors import CollectiveError, CollectiveTimeoutError
-from sdxl_dist_log.framing import CALL_HEADER, INITIAL_FRAME, CallInfo, build_frame, out_of_step
+from sdxl_dist_log.framing import CallInfo, out_of_step
 from sdxl_dist_log.hierarchy import (
     ALL_GATHER,
     BROADCAST,
-    BROKEN,
     GATHER,
-    GROW,
-    INITIAL_WIDTH,
     LEADERS,
     NODE,
-    OUT_OF_STEP,
-    R_FRAME,
-    R_WIDTH,
     RECV,
     SEND,
+    CallState,
     Op,
     Outcome,
     Stage,
-    broadcast_from_primary,
-    call_steps,
-    gather_to_primary,
+    call_rounds,
 )
 from sdxl_dist_log.ranks import RankInfo
 from sdxl_dist_log.topology import Topology, exchange_layout
@@ -124,8 +117,7 @@ class Collectives:
     torch.distributed is initialized).
 
     Attributes:
-        frame: float64 values per rank in a call's frame (grows in lockstep when a row needs more).
-        width: per-rank values each rank may add to an aggregate's block (likewise).
+        state: the call count, and the frame and per-rank block sizes (grown in lockstep when a row needs more).
     """
 
     def __init__(
@@ -148,9 +140,7 @@ class Collectives:
         self.presence_after = min(1.0, timeout / 4)
         self.margin = stage_margin(timeout)
         self.namespace = namespace
-        self._sequence = 0
-        self.frame = INITIAL_FRAME
-        self.width = INITIAL_WIDTH
+        self.state = CallState()
         self._in_flight: tuple[int, float] | None = None
         self._watchdog: threading.Thread | None = None
         self._closed = threading.Event()
@@ -222,36 +212,22 @@ class Collectives:
 
     # -- operations ---------------------------------------------------------------------------------------------
     def reduce_call(self, row: np.ndarray, call: CallInfo, stage: Stage) -> Outcome:
-        """Run one call's collectives for this rank's ``row``: every rank ends with the same result.
-
-        Two-level on several nodes, one all_gather on one node (``hierarchy.call_steps``). When some rank's row
-        outgrows the frame (or its per-rank values the block), the result says so on every rank, every rank grows
-        alike and the call runs once more.
+        """Run one call's collectives for this rank's ``row`` (``hierarchy.call_rounds``): every rank ends with the
+        same result.
 
         Raises:
             CollectiveTimeoutError: ranks did not arrive within the timeout (they are named).
             RanksOutOfStepError: ranks are in different logging calls (they are named).
             CollectiveError: a defect in the stage on some rank (every rank raises).
         """
-        while True:
-            self._sequence += 1
-            sent = build_frame(row, sequence=self._sequence, call=call, frame=self.frame)
-            outcome = self.run(call_steps(self.topology, sent, stage, self.width), call)
-            if outcome.verdict == GROW:
-                self.frame, self.width = int(outcome.result[R_FRAME]), int(outcome.result[R_WIDTH])
-                continue
-            if outcome.verdict == OUT_OF_STEP:
-                self._name_out_of_step(sent[:CALL_HEADER], outcome, call)
-            if outcome.verdict == BROKEN:
-                error = CollectiveError(f"{call} on rank {self.rank}: a logging collective's combine step failed "
-                                        "on some rank (a defect; please report it). Logging collectives are off from "
-                                        "here on; training is not affected.", call=str(call))
-                self.failure = error
-                raise error
-            return outcome
+        return self.run(call_rounds(self.topology, row, call, stage, self.state), call)
 
     def run(self, steps: Generator[Op, Any, Any], call: CallInfo) -> Any:
-        """Drive ``steps`` (``hierarchy``'s generators) over the logging groups; returns what they return."""
+        """Drive ``steps`` (``hierarchy``'s generators) over the logging groups; returns what they return.
+
+        Raises:
+            CollectiveError: anything the steps raise of that kind closes the groups for logging first.
+        """
         started = time.monotonic()
         value: Any = None
         try:
@@ -259,6 +235,9 @@ class Collectives:
                 value = self._execute(steps.send(value), call, started)
         except StopIteration as done:
             return done.value
+        except CollectiveError as error:
+            self.failure = self.failure or error
+            raise
 
     def _execute(self, op: Op, call: CallInfo, started: float) -> Any:
         group = self._groups.get(op.level) if self.active else None
@@ -296,23 +275,6 @@ class Collectives:
             self._wait(gather_flat(out, sent, group=group, async_op=True), call, bound)
             return out.numpy().reshape(size, -1)
         raise ValueError(f"unknown collective {op.kind!r}")
-
-    def _name_out_of_step(self, header: np.ndarray, outcome: Outcome, call: CallInfo) -> None:
-        """Every rank's call header, to name the ranks out of step exactly as with one collective; then raise."""
-        headers = outcome.headers
-        if headers is None:
-            topology = self.topology
-
-            def share() -> Generator[Op, Any, Any]:
-                everyone = yield from gather_to_primary(topology, header)
-                return (yield from broadcast_from_primary(
-                    topology, everyone if everyone is not None else np.empty((topology.world_size, CALL_HEADER))))
-
-            headers = self.run(share(), call)
-        self._check_in_step(headers, call)
-        error = CollectiveError(f"{call} on rank {self.rank}: ranks are out of step", call=str(call))
-        self.failure = error
-        raise error
 
     def broadcast_json(self, obj: Any, src: int, call: CallInfo, *, timeout: float | None = None) -> Any:
         """Send a small JSON-able value from ``src`` to every rank through the process group's store.
@@ -364,7 +326,7 @@ class Collectives:
         # A plain bounded wait: nothing per call but two attribute writes. Presence for the error message is posted
         # by the watchdog thread, only for calls still waiting after presence_after seconds.
         self._ensure_watchdog()
-        self._in_flight = (self._sequence, time.monotonic())
+        self._in_flight = (self.state.sequence, time.monotonic())
         try:
             work.wait(timeout=timedelta(seconds=bound))
         except RuntimeError as exc:
@@ -390,7 +352,7 @@ class Collectives:
                 posted = sequence
 
     def _presence_key(self, sequence: int | None = None) -> str:
-        return f"{self.namespace}/present/{self._sequence if sequence is None else sequence}"
+        return f"{self.namespace}/present/{self.state.sequence if sequence is None else sequence}"
 
     def _post_presence(self, sequence: int | None = None) -> None:
         try:

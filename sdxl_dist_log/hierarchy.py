@@ -31,7 +31,19 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from sdxl_dist_log.framing import CALL_HEADER, KIND, LENGTH, SEQUENCE, STEP, grown_frame
+from sdxl_dist_log.errors import CollectiveError, RanksOutOfStepError
+from sdxl_dist_log.framing import (
+    CALL_HEADER,
+    INITIAL_FRAME,
+    KIND,
+    LENGTH,
+    SEQUENCE,
+    STEP,
+    CallInfo,
+    build_frame,
+    grown_frame,
+    out_of_step,
+)
 from sdxl_dist_log.topology import Topology
 
 GATHER, BROADCAST, ALL_GATHER, SEND, RECV = "gather", "broadcast", "all_gather", "send", "recv"
@@ -224,6 +236,50 @@ def call_steps(topology: Topology, sent: np.ndarray, stage: Stage, width: int) -
         result = yield Op(BROADCAST, LEADERS, result, root=topology.primary, deadline=2)
     result = yield Op(BROADCAST, NODE, result, root=topology.leader, deadline=2)
     return Outcome(result, block)
+
+
+@dataclass
+class CallState:
+    """What every rank of a logger keeps alike between calls: the call count and the sizes grown so far."""
+
+    sequence: int = 0
+    frame: int = INITIAL_FRAME
+    width: int = INITIAL_WIDTH
+
+
+def call_rounds(topology: Topology, row: np.ndarray, call: CallInfo, stage: Stage, state: CallState) -> Steps:
+    """A whole call: ``call_steps``, again with a grown frame or block while the result asks for it.
+
+    Returns:
+        The ``Outcome`` (verdict OK), the same result on every rank.
+
+    Raises:
+        RanksOutOfStepError: ranks are in different logging calls (every rank's header is shared to name them as a
+            single all_gather would: one more gather and broadcast on several nodes).
+        CollectiveError: a stage failed on some rank (a defect): every rank raises.
+    """
+    while True:
+        state.sequence += 1
+        sent = build_frame(row, sequence=state.sequence, call=call, frame=state.frame)
+        outcome = yield from call_steps(topology, sent, stage, state.width)
+        if outcome.verdict == GROW:
+            state.frame, state.width = int(outcome.result[R_FRAME]), int(outcome.result[R_WIDTH])
+            continue
+        if outcome.verdict == OUT_OF_STEP:
+            headers = outcome.headers
+            if headers is None:
+                everyone = yield from gather_to_primary(topology, sent[:CALL_HEADER].copy())
+                if everyone is None:
+                    everyone = np.empty((topology.world_size, CALL_HEADER))
+                headers = yield from broadcast_from_primary(topology, everyone.reshape(-1))
+            error = out_of_step(np.reshape(headers, (topology.world_size, CALL_HEADER)), call, topology.rank)
+            raise error or RanksOutOfStepError(f"{call} on rank {topology.rank}: ranks are out of step",
+                                               call=str(call))
+        if outcome.verdict == BROKEN:
+            raise CollectiveError(f"{call} on rank {topology.rank}: a logging collective's combine step failed on "
+                                  "some rank (a defect; please report it). Logging collectives are off from here on; "
+                                  "training is not affected.", call=str(call))
+        return outcome
 
 
 # -- rare paths: fixed-size arrays and objects to the primary and back ----------------------------------------------

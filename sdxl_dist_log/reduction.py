@@ -17,7 +17,7 @@ import numpy as np
 from sdxl_dist_log.collectives import Collectives
 from sdxl_dist_log.errors import MetricKeyMismatchError, MetricValueError
 from sdxl_dist_log.framing import CallInfo
-from sdxl_dist_log.hierarchy import decided_at_primary
+from sdxl_dist_log.hierarchy import Steps, call_rounds, decided_at_primary
 from sdxl_dist_log.metric_stage import DIFFERING, INVALID, V_CODE, MetricStage
 from sdxl_dist_log.metrics import (
     MetricPlan,
@@ -27,6 +27,7 @@ from sdxl_dist_log.metrics import (
     reduce_union,
     resolve_reduce,
 )
+from sdxl_dist_log.topology import Topology
 
 _PLAN_CACHE_SIZE = 256
 
@@ -111,11 +112,15 @@ class MetricReducer:
             MetricKeyMismatchError: ranks passed different keys with ``strict_keys``, or different ops for a key.
             CollectiveError: the collective failed (timeout, a rank out of step or gone).
         """
+        return self._collectives.run(self.steps(prepared, call), call)
+
+    def steps(self, prepared: PreparedMetrics, call: CallInfo) -> Steps:
+        """``reduce`` as the steps ``Collectives.run`` drives (a simulated job drives the same ones)."""
         values = prepared.values() if prepared.values is not None else None
         plan = prepared.plan
-        collectives = self._collectives
-        stage = MetricStage(plan, collectives.topology.world_size)
-        outcome = collectives.reduce_call(pack_row(plan, values), call, stage)
+        topology = self._collectives.topology
+        stage = MetricStage(plan, topology.world_size)
+        outcome = yield from call_rounds(topology, pack_row(plan, values), call, stage, self._collectives.state)
         verdict = outcome.stage[V_CODE]
         if verdict == INVALID:
             named, count = stage.error_ranks(outcome.stage)
@@ -123,13 +128,14 @@ class MetricReducer:
             own = f": {prepared.error}" if prepared.error is not None else ""
             raise MetricValueError(f"{call}: ranks {named}{more} passed invalid metric values{own}; nothing was logged")
         if verdict == DIFFERING:
-            return self._reduce_differing_keys(plan, values, call)
+            return (yield from self._differing_keys(plan, values, call, topology))
         per_rank = None
         if stage.per_rank_count:
-            per_rank = collectives.run(stage.share_per_rank(collectives.topology, outcome.block), call)
+            per_rank = yield from stage.share_per_rank(topology, outcome.block)
         return stage.values(outcome.stage, per_rank)
 
-    def _reduce_differing_keys(self, plan: MetricPlan, values: np.ndarray | None, call: CallInfo) -> dict[str, float]:
+    def _differing_keys(self, plan: MetricPlan, values: np.ndarray | None, call: CallInfo,
+                        topology: Topology) -> Steps:
         mine = [(k, op.value, float(v)) for k, op, v in zip(plan.keys, plan.ops, values if values is not None else [])]
         primary = self._primary_rank
 
@@ -139,7 +145,7 @@ class MetricReducer:
             except MetricKeyMismatchError as exc:  # ranks disagree on a key's op: every rank raises it
                 return "conflict", str(exc)
 
-        kind, outcome = self._collectives.run(decided_at_primary(self._collectives.topology, mine, union), call)
+        kind, outcome = yield from decided_at_primary(topology, mine, union)
         if kind == "conflict":
             raise MetricKeyMismatchError(outcome)
         reduced, missing = outcome

@@ -24,8 +24,17 @@ from typing import Any
 
 import numpy as np
 
-from sdxl_dist_log.hierarchy import ALL_GATHER, BROADCAST, GATHER, NODE, RECV, SEND, Op, Steps
+from sdxl_dist_log.hierarchy import ALL_GATHER, BROADCAST, GATHER, NODE, RECV, SEND, CallState, Op, Steps
 from sdxl_dist_log.topology import Layout, Topology
+
+
+@dataclass
+class SimulatedRank:
+    """What a rank's ``MetricReducer`` needs of its ``Collectives`` to build its steps: where it sits, and its calls'
+    shared state."""
+
+    topology: Topology
+    state: CallState = field(default_factory=CallState)
 
 
 @dataclass(frozen=True)
@@ -105,6 +114,10 @@ class SimulatedJob:
     def topology(self, rank: int) -> Topology:
         return self._topologies[rank]
 
+    def rank(self, rank: int) -> SimulatedRank:
+        """A stand-in for ``rank``'s ``Collectives`` (pass it to a ``MetricReducer``)."""
+        return SimulatedRank(self._topologies[rank])
+
     def reset(self) -> None:
         self.records = defaultdict(RankRecord)
 
@@ -113,7 +126,7 @@ class SimulatedJob:
         return topology.node if level == NODE else topology.leaders
 
     def run(self, steps: Mapping[int, Steps]) -> dict[int, Any]:
-        """Drive every rank's steps to the end; returns each rank's return value.
+        """Drive every rank's steps to the end; returns each rank's return value, or the exception it raised.
 
         Raises:
             RuntimeError: the ranks' collectives cannot all be matched (a rank waits for one that never comes, or
@@ -127,6 +140,9 @@ class SimulatedJob:
                 op = steps[rank].send(value)
             except StopIteration as done:
                 results[rank] = done.value
+                return
+            except Exception as exc:  # the rank raised, as it would in a real call: keep it for the caller
+                results[rank] = exc
                 return
             if op.kind in (SEND, RECV):  # matched by (sender, receiver): the pair is the "group"
                 pair = (rank, op.root) if op.kind == SEND else (op.root, rank)
