@@ -134,6 +134,7 @@ class Collectives:
         self.rank = rank
         self.world_size = world_size
         self._groups = groups or {}
+        self._sizes: dict[str, int] = {}
         self._topology = topology or Topology.alone()
         self._store = store
         self.timeout = timeout
@@ -246,7 +247,7 @@ class Collectives:
         import torch
         import torch.distributed as dist
 
-        size = dist.get_world_size(group)
+        size = self._sizes.get(op.level) or self._sizes.setdefault(op.level, dist.get_world_size(group))
         if size == 1 and op.kind in (GATHER, BROADCAST, ALL_GATHER):
             return op.data if op.kind == BROADCAST else op.data[None]
         sent = torch.from_numpy(op.data)

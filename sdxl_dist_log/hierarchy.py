@@ -50,9 +50,9 @@ GATHER, BROADCAST, ALL_GATHER, SEND, RECV = "gather", "broadcast", "all_gather",
 NODE, LEADERS = "node", "leaders"
 """Levels an op runs on: the node's group (the whole world on one node), or the group of one leader per node."""
 
-# The aggregate a leader sends: its header, the stage's part, then the block of per-rank values.
-(A_SEQ_MIN, A_SEQ_MAX, A_KIND_MIN, A_KIND_MAX, A_STEP_MIN, A_STEP_MAX, A_LENGTH, A_WIDTH, A_RANKS,
- A_BROKEN) = range(10)
+# The aggregate a leader sends: its header, the stage's part, then the block of per-rank values. The minima of the
+# call header's (sequence, kind, step), then the maxima of (sequence, kind, step, length), in the header's order.
+A_SEQ_MIN, A_KIND_MIN, A_STEP_MIN, A_SEQ_MAX, A_KIND_MAX, A_STEP_MAX, A_LENGTH, A_WIDTH, A_RANKS, A_BROKEN = range(10)
 AGG_HEADER = 10
 STAGE_HEADER = 32
 """Values a stage may use before its frame-sized part, in aggregates and in results."""
@@ -127,23 +127,23 @@ def node_aggregate(frames: np.ndarray, ranks: Sequence[int], stage: Stage, width
                    largest_node: int) -> np.ndarray:
     """Fold one node's frames (rows in ``ranks`` order) into the fixed-size aggregate a leader sends."""
     frame = frames.shape[1] - CALL_HEADER
-    out = np.full(aggregate_size(frame, width, largest_node), np.nan)
+    out = np.empty(aggregate_size(frame, width, largest_node))
     headers = frames[:, :CALL_HEADER]
-    low, high = headers.min(axis=0), headers.max(axis=0)
-    out[[A_SEQ_MIN, A_KIND_MIN, A_STEP_MIN]] = low[[SEQUENCE, KIND, STEP]]
-    out[[A_SEQ_MAX, A_KIND_MAX, A_STEP_MAX, A_LENGTH]] = high[[SEQUENCE, KIND, STEP, LENGTH]]
-    out[A_RANKS] = len(ranks)
-    out[A_BROKEN] = 0.0
+    out[A_SEQ_MIN:A_SEQ_MAX] = headers[:, :LENGTH].min(axis=0)
+    out[A_SEQ_MAX : A_LENGTH + 1] = headers.max(axis=0)
+    out[A_RANKS], out[A_BROKEN] = len(ranks), 0.0
+    stage_end = AGG_HEADER + STAGE_HEADER + frame
     try:
         part, block = stage.combine(frames[:, CALL_HEADER:], ranks)
-        out[AGG_HEADER : AGG_HEADER + STAGE_HEADER + frame] = part
+        out[AGG_HEADER:stage_end] = part
         out[A_WIDTH] = block.shape[1]
+        rows = out[stage_end:].reshape(largest_node, width)
+        rows.fill(np.nan)
         if block.shape[1] <= width:
-            rows = out[AGG_HEADER + STAGE_HEADER + frame :].reshape(largest_node, width)
             rows[: len(block), : block.shape[1]] = block
     except Exception:  # rows of another call (out of step) or a defect: the verdict says so on every rank
-        out[A_BROKEN] = 1.0
-        out[A_WIDTH] = 0.0
+        out[AGG_HEADER:].fill(np.nan)
+        out[A_BROKEN], out[A_WIDTH] = 1.0, 0.0
     return out
 
 
@@ -174,36 +174,42 @@ class Outcome:
 def decide(aggregates: np.ndarray, nodes: Sequence[Sequence[int]], primary_payload: np.ndarray, stage: Stage,
            frame: int, width: int) -> Outcome:
     """The result every rank receives, from every node's aggregate (rows in ``nodes`` order)."""
-    out = np.full(result_size(frame), np.nan)
+    out = np.empty(result_size(frame))
     out[R_FRAME], out[R_WIDTH] = frame, width
-    out[R_RANKS] = np.sum(aggregates[:, A_RANKS])
-    seq_ok = aggregates[:, A_SEQ_MIN].min() == aggregates[:, A_SEQ_MAX].max()
-    kind_ok = aggregates[:, A_KIND_MIN].min() == aggregates[:, A_KIND_MAX].max()
-    step_low, step_high = aggregates[:, A_STEP_MIN].min(), aggregates[:, A_STEP_MAX].max()
+    if len(aggregates) == 1:
+        header = aggregates[0, :AGG_HEADER]
+    else:
+        header = np.concatenate([aggregates[:, A_SEQ_MIN:A_SEQ_MAX].min(axis=0),
+                                 aggregates[:, A_SEQ_MAX:A_RANKS].max(axis=0),
+                                 aggregates[:, A_RANKS:AGG_HEADER].sum(axis=0)])
+    seq_low, kind_low, step_low, seq_high, kind_high, step_high, longest, widest, ranks, broken = header.tolist()
+    out[R_RANKS] = ranks
     # a call without a step (-1) on any rank leaves nothing to compare, as with one collective
-    if not (seq_ok and kind_ok and (step_low < 0 or step_low == step_high)):
+    if not (seq_low == seq_high and kind_low == kind_high and (step_low < 0 or step_low == step_high)):
         out[R_VERDICT] = OUT_OF_STEP
         return Outcome(out, None)
-    if np.any(aggregates[:, A_BROKEN] != 0):
+    if broken:
         out[R_VERDICT] = BROKEN
         return Outcome(out, None)
-    longest, widest = int(aggregates[:, A_LENGTH].max()), int(aggregates[:, A_WIDTH].max())
-    largest = (aggregates.shape[1] - AGG_HEADER - STAGE_HEADER - frame) // max(width, 1)
-    blocks = aggregates[:, AGG_HEADER + STAGE_HEADER + frame :].reshape(len(nodes), largest, width)
-    block = np.empty((sum(len(n) for n in nodes), width))
-    for node, rows in zip(nodes, blocks):
-        block[list(node)] = rows[: len(node)]
+    stage_end = AGG_HEADER + STAGE_HEADER + frame
+    blocks = aggregates[:, stage_end:].reshape(len(nodes), -1, width)
+    if len(nodes) == 1:
+        block = blocks[0]
+    else:
+        block = np.empty((int(ranks), width))
+        for node, rows in zip(nodes, blocks):
+            block[list(node)] = rows[: len(node)]
     fits = longest <= frame and widest <= width
     try:
-        merged = stage.merge(aggregates[:, AGG_HEADER : AGG_HEADER + STAGE_HEADER + frame])
+        merged = stage.merge(aggregates[:, AGG_HEADER:stage_end])
         result = stage.finalize(merged, block, primary_payload, fits)
     except Exception:  # a defect: every rank must still learn it, in this call
         out[R_VERDICT] = BROKEN
         return Outcome(out, None)
     if result is None:
         out[R_VERDICT] = GROW
-        out[R_FRAME] = grown_frame(longest, frame)
-        out[R_WIDTH] = grown_frame(widest, width)
+        out[R_FRAME] = grown_frame(int(longest), frame)
+        out[R_WIDTH] = grown_frame(int(widest), width)
         return Outcome(out, None)
     out[R_VERDICT] = OK
     out[RESULT_HEADER:] = result

@@ -51,6 +51,10 @@ class MetricStage:
         self._maxs = columns.get(Reduce.MAX, np.empty(0, np.int64))
         self._locals = columns.get(Reduce.LOCAL, np.empty(0, np.int64))
         self._per_rank = columns.get(Reduce.PER_RANK, np.empty(0, np.int64))
+        # one op for every key (the common case): whole-block operations, no column indexing
+        n = len(plan.keys)
+        self._only = next((op for op in (Reduce.MEAN, Reduce.SUM, Reduce.MIN, Reduce.MAX)
+                           if len(columns.get(op, ())) == n), None) if n else None
 
     def _values(self, rows: np.ndarray, start: int = HEADER_SIZE) -> np.ndarray:
         """The key columns of ``rows`` from ``start``; NaN where a row was cut by the frame (the verdict then grows
@@ -64,12 +68,14 @@ class MetricStage:
     def combine(self, payloads: np.ndarray, ranks: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """A node's rows -> (aggregate, block of its ranks' ``per_rank`` values)."""
         out = np.full(STAGE_HEADER + payloads.shape[1], np.nan)
-        fingerprints, counts = payloads[:, FINGERPRINT], payloads[:, KEY_COUNT]
-        out[[S_FP_MIN, S_FP_MAX, S_KC_MIN, S_KC_MAX]] = (fingerprints.min(), fingerprints.max(), counts.min(),
-                                                          counts.max())
-        flagged = [r for r, flag in zip(ranks, payloads[:, ERROR_FLAG]) if flag != 0]
+        keys = payloads[:, FINGERPRINT : KEY_COUNT + 1]
+        out[S_FP_MIN : S_KC_MAX + 1 : 2] = keys.min(axis=0)
+        out[S_FP_MAX : S_KC_MAX + 1 : 2] = keys.max(axis=0)
+        flagged = np.flatnonzero(payloads[:, ERROR_FLAG])
         out[S_ERRORS] = len(flagged)
-        out[S_ERROR_RANKS : S_ERROR_RANKS + min(len(flagged), NAMED_ERROR_RANKS)] = flagged[:NAMED_ERROR_RANKS]
+        if len(flagged):
+            named = [ranks[i] for i in flagged[:NAMED_ERROR_RANKS]]
+            out[S_ERROR_RANKS : S_ERROR_RANKS + len(named)] = named
         values = self._values(payloads)
         self._fold(values, out, payloads.shape[1])
         return out, values[:, self._per_rank]
@@ -90,15 +96,19 @@ class MetricStage:
 
     def _fold(self, rows: np.ndarray, into: np.ndarray, room: int) -> None:
         """Fold ``rows`` (rows, keys) column by column into ``into[STAGE_HEADER:]``, at most ``room`` of them."""
-        folded = np.full(rows.shape[1], np.nan)
+        kept = min(room, rows.shape[1])
         # reduce() without an initial value keeps -0.0 and the first NaN, and folds in row order, like np.sum did
+        if self._only is not None:
+            fold = np.minimum if self._only is Reduce.MIN else np.maximum if self._only is Reduce.MAX else np.add
+            into[STAGE_HEADER : STAGE_HEADER + kept] = fold.reduce(rows[:, :kept], axis=0)
+            return
+        folded = np.full(rows.shape[1], np.nan)
         if len(self._sums):
             folded[self._sums] = np.add.reduce(rows[:, self._sums], axis=0)
         if len(self._mins):
             folded[self._mins] = np.minimum.reduce(rows[:, self._mins], axis=0)
         if len(self._maxs):
             folded[self._maxs] = np.maximum.reduce(rows[:, self._maxs], axis=0)
-        kept = min(room, len(folded))
         into[STAGE_HEADER : STAGE_HEADER + kept] = folded[:kept]
 
     def finalize(self, aggregate: np.ndarray, block: np.ndarray, primary_payload: np.ndarray,
@@ -118,8 +128,12 @@ class MetricStage:
             n = len(self.plan.keys)
             values = out[STAGE_HEADER : STAGE_HEADER + n]
             values[:] = aggregate[STAGE_HEADER : STAGE_HEADER + n]
-            values[self._means] = values[self._means] / self.world_size
-            values[self._locals] = self._values(primary_payload[None])[0, self._locals]
+            if self._only is Reduce.MEAN:
+                values /= self.world_size
+            elif len(self._means):
+                values[self._means] = values[self._means] / self.world_size
+            if len(self._locals):
+                values[self._locals] = self._values(primary_payload[None])[0, self._locals]
         return out
 
     @property

@@ -70,6 +70,7 @@ class MetricReducer:
         self._strict_keys = strict_keys
         self._warn = warn
         self._plans: dict[Any, MetricPlan] = {}
+        self._stages: dict[int, MetricStage] = {}
 
     def prepare(self, metrics: Mapping[str, Any], reduce: str | Mapping[str, str] | None, *,
                 non_blocking: bool) -> PreparedMetrics:
@@ -104,6 +105,15 @@ class MetricReducer:
             self._plans[cache_key] = plan
         return plan
 
+    def _stage(self, plan: MetricPlan, world_size: int) -> MetricStage:
+        """The call's stage, kept per plan (plans are kept per key set, so the same object comes back each step)."""
+        stage = self._stages.get(id(plan))
+        if stage is None or stage.plan is not plan or stage.world_size != world_size:
+            if len(self._stages) >= _PLAN_CACHE_SIZE:
+                self._stages.clear()
+            stage = self._stages[id(plan)] = MetricStage(plan, world_size)
+        return stage
+
     def reduce(self, prepared: PreparedMetrics, call: CallInfo) -> dict[str, float]:
         """Reduce this call over every rank (unprefixed keys). Collective: every rank calls it for every call.
 
@@ -119,7 +129,7 @@ class MetricReducer:
         values = prepared.values() if prepared.values is not None else None
         plan = prepared.plan
         topology = self._collectives.topology
-        stage = MetricStage(plan, topology.world_size)
+        stage = self._stage(plan, topology.world_size)
         outcome = yield from call_rounds(topology, pack_row(plan, values), call, stage, self._collectives.state)
         verdict = outcome.stage[V_CODE]
         if verdict == INVALID:
