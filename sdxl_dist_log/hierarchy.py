@@ -35,10 +35,7 @@ from sdxl_dist_log.errors import CollectiveError, RanksOutOfStepError
 from sdxl_dist_log.framing import (
     CALL_HEADER,
     INITIAL_FRAME,
-    KIND,
     LENGTH,
-    SEQUENCE,
-    STEP,
     CallInfo,
     build_frame,
     grown_frame,

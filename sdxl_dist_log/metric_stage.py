@@ -19,30 +19,35 @@ import numpy as np
 
 from sdxl_dist_log.hierarchy import STAGE_HEADER, Steps, broadcast_from_primary
 from sdxl_dist_log.metrics import ERROR_FLAG, FINGERPRINT, HEADER_SIZE, KEY_COUNT, MetricPlan, Reduce
+from sdxl_dist_log.straggler import SECTION_FINGERPRINT, SECTION_HEADER
 from sdxl_dist_log.topology import Topology
 
-# The stage's header, in aggregates and in the result.
-S_FP_MIN, S_FP_MAX, S_KC_MIN, S_KC_MAX, S_ERRORS = range(5)
+# The stage's header, in aggregates and in the result: key fingerprints and counts (min, max), flagged ranks, the
+# section names' fingerprints (min, max), the result's verdict, then the lowest flagged ranks.
+S_FP_MIN, S_FP_MAX, S_KC_MIN, S_KC_MAX, S_ERRORS, S_SEC_MIN, S_SEC_MAX, V_CODE = range(8)
 S_ERROR_RANKS = 8
 NAMED_ERROR_RANKS = STAGE_HEADER - S_ERROR_RANKS
 """How many flagged ranks an error names (the lowest); the message counts the rest."""
-# The result's verdict (slot 0 of the stage's part of the result).
-V_CODE = 5
 VALID, INVALID, DIFFERING = 0.0, 1.0, 2.0
 
 
 class MetricStage:
     """Combine, merge and finalize the rows of one ``log_metrics`` call.
 
+    Rows are ``pack_row``'s, then a section tail (``straggler.SECTION_HEADER`` values, then one time per section):
+    section times travel in the per-rank block after the ``per_rank`` values.
+
     Args:
         plan: this rank's keys and ops (every rank's, when their fingerprints agree: the only case the values of an
             aggregate are used in).
         world_size: ranks in the call (the divisor of means).
+        sections: how many section times this rank's rows carry.
     """
 
-    def __init__(self, plan: MetricPlan, world_size: int) -> None:
+    def __init__(self, plan: MetricPlan, world_size: int, sections: int = 0) -> None:
         self.plan = plan
         self.world_size = world_size
+        self.sections = sections
         columns = plan.op_columns
         self._sums = np.concatenate([columns.get(Reduce.MEAN, np.empty(0, np.int64)),
                                      columns.get(Reduce.SUM, np.empty(0, np.int64))])
@@ -56,10 +61,10 @@ class MetricStage:
         self._only = next((op for op in (Reduce.MEAN, Reduce.SUM, Reduce.MIN, Reduce.MAX)
                            if len(columns.get(op, ())) == n), None) if n else None
 
-    def _values(self, rows: np.ndarray, start: int = HEADER_SIZE) -> np.ndarray:
-        """The key columns of ``rows`` from ``start``; NaN where a row was cut by the frame (the verdict then grows
-        the frame before any of these is used)."""
-        n = len(self.plan.keys)
+    def _values(self, rows: np.ndarray, start: int = HEADER_SIZE, n: int | None = None) -> np.ndarray:
+        """The ``n`` (the key count) columns of ``rows`` from ``start``; NaN where a row was cut by the frame (the
+        verdict then grows the frame before any of these is used)."""
+        n = len(self.plan.keys) if n is None else n
         values = rows[:, start : start + n]
         if values.shape[1] < n:
             values = np.pad(values, ((0, 0), (0, n - values.shape[1])), constant_values=np.nan)
@@ -78,15 +83,19 @@ class MetricStage:
             out[S_ERROR_RANKS : S_ERROR_RANKS + len(named)] = named
         values = self._values(payloads)
         self._fold(values, out, payloads.shape[1])
-        return out, values[:, self._per_rank]
+        tail = self._values(payloads, HEADER_SIZE + len(self.plan.keys), SECTION_HEADER + self.sections)
+        out[S_SEC_MIN], out[S_SEC_MAX] = tail[:, SECTION_FINGERPRINT].min(), tail[:, SECTION_FINGERPRINT].max()
+        if not len(self._per_rank) and not self.sections:
+            return out, values[:, :0]
+        return out, np.hstack([values[:, self._per_rank], tail[:, SECTION_HEADER:]])
 
     def merge(self, aggregates: np.ndarray) -> np.ndarray:
         """Leaders' aggregates -> the job's."""
         if len(aggregates) == 1:
             return aggregates[0]
         out = np.full(aggregates.shape[1], np.nan)
-        out[[S_FP_MIN, S_KC_MIN]] = aggregates[:, [S_FP_MIN, S_KC_MIN]].min(axis=0)
-        out[[S_FP_MAX, S_KC_MAX]] = aggregates[:, [S_FP_MAX, S_KC_MAX]].max(axis=0)
+        out[[S_FP_MIN, S_KC_MIN, S_SEC_MIN]] = aggregates[:, [S_FP_MIN, S_KC_MIN, S_SEC_MIN]].min(axis=0)
+        out[[S_FP_MAX, S_KC_MAX, S_SEC_MAX]] = aggregates[:, [S_FP_MAX, S_KC_MAX, S_SEC_MAX]].max(axis=0)
         out[S_ERRORS] = aggregates[:, S_ERRORS].sum()
         named = aggregates[:, S_ERROR_RANKS:STAGE_HEADER].ravel()
         named = np.sort(named[~np.isnan(named)])[:NAMED_ERROR_RANKS]
@@ -152,6 +161,14 @@ class MetricStage:
         """The flagged ranks a result names (the lowest), and how many ranks were flagged in all."""
         named = result[S_ERROR_RANKS:STAGE_HEADER]
         return [int(r) for r in named[~np.isnan(named)]], int(result[S_ERRORS])
+
+    def section_times(self, result: np.ndarray, block: np.ndarray | None) -> np.ndarray | None:
+        """(ranks, sections) times by rank, where the result was decided and every rank timed the same sections;
+        else None."""
+        if not self.sections or block is None or result[S_SEC_MIN] != result[S_SEC_MAX]:
+            return None
+        start = len(self._per_rank)
+        return block[:, start : start + self.sections]
 
     def values(self, result: np.ndarray, per_rank: np.ndarray) -> dict[str, float]:
         """The call's reduced values, unprefixed; ``per_rank`` keys expand to ``<key>/rank<r>`` from ``per_rank``

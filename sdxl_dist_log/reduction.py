@@ -8,6 +8,7 @@ collective, naming the ranks at fault.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +28,10 @@ from sdxl_dist_log.metrics import (
     reduce_union,
     resolve_reduce,
 )
+from sdxl_dist_log.straggler import SECTION_COUNT, SECTION_HEADER
 from sdxl_dist_log.topology import Topology
+
+NO_SECTIONS = np.zeros(SECTION_HEADER)
 
 _PLAN_CACHE_SIZE = 256
 
@@ -40,15 +44,31 @@ class PreparedMetrics:
         plan: the sorted keys and their reduce ops.
         values: gives the float64 values (waiting for a device copy when one is in flight); None when ``error``.
         error: what was wrong with this rank's input, or None.
+        sections: this rank's section times since the last call (``SectionTimer.take``), or None.
     """
 
     plan: MetricPlan
     values: Callable[[], np.ndarray] | None
     error: MetricValueError | None
+    sections: np.ndarray | None = None
 
     def failed(self, error: MetricValueError) -> PreparedMetrics:
         """The same call, failed: the flagged row still travels so that no rank waits for this one."""
-        return PreparedMetrics(self.plan, None, self.error or error)
+        return PreparedMetrics(self.plan, None, self.error or error, self.sections)
+
+
+@dataclass(frozen=True)
+class ReducedCall:
+    """What a ``log_metrics`` call gives every rank.
+
+    Attributes:
+        values: the reduced values, unprefixed (the same on every rank).
+        section_times: (ranks, sections) times by rank, sections in name order, where the call was decided (the
+            primary; on one node every rank), when every rank timed the same sections; else None.
+    """
+
+    values: dict[str, float]
+    section_times: np.ndarray | None = None
 
 
 class MetricReducer:
@@ -73,12 +93,18 @@ class MetricReducer:
         self._stages: dict[int, MetricStage] = {}
 
     def prepare(self, metrics: Mapping[str, Any], reduce: str | Mapping[str, str] | None, *,
-                non_blocking: bool) -> PreparedMetrics:
+                non_blocking: bool, sections: np.ndarray | None = None) -> PreparedMetrics:
         """Check and pack this rank's values; an invalid input becomes ``error``, never an exception here.
 
         Args:
             non_blocking: start device-to-host copies without waiting (``values()`` waits, on whichever thread).
+            sections: this rank's section times to send along (``SectionTimer.take``).
         """
+        prepared = self._prepare(metrics, reduce, non_blocking)
+        return prepared if sections is None else dataclasses.replace(prepared, sections=sections)
+
+    def _prepare(self, metrics: Mapping[str, Any], reduce: str | Mapping[str, str] | None,
+                 non_blocking: bool) -> PreparedMetrics:
         try:
             if not isinstance(metrics, Mapping):
                 raise MetricValueError(f"metrics must be a mapping of key -> value, not {type(metrics).__name__}")
@@ -105,16 +131,16 @@ class MetricReducer:
             self._plans[cache_key] = plan
         return plan
 
-    def _stage(self, plan: MetricPlan, world_size: int) -> MetricStage:
+    def _stage(self, plan: MetricPlan, world_size: int, sections: int) -> MetricStage:
         """The call's stage, kept per plan (plans are kept per key set, so the same object comes back each step)."""
         stage = self._stages.get(id(plan))
-        if stage is None or stage.plan is not plan or stage.world_size != world_size:
+        if stage is None or stage.plan is not plan or (stage.world_size, stage.sections) != (world_size, sections):
             if len(self._stages) >= _PLAN_CACHE_SIZE:
                 self._stages.clear()
-            stage = self._stages[id(plan)] = MetricStage(plan, world_size)
+            stage = self._stages[id(plan)] = MetricStage(plan, world_size, sections)
         return stage
 
-    def reduce(self, prepared: PreparedMetrics, call: CallInfo) -> dict[str, float]:
+    def reduce(self, prepared: PreparedMetrics, call: CallInfo) -> ReducedCall:
         """Reduce this call over every rank (unprefixed keys). Collective: every rank calls it for every call.
 
         Raises:
@@ -129,8 +155,10 @@ class MetricReducer:
         values = prepared.values() if prepared.values is not None else None
         plan = prepared.plan
         topology = self._collectives.topology
-        stage = self._stage(plan, topology.world_size)
-        outcome = yield from call_rounds(topology, pack_row(plan, values), call, stage, self._collectives.state)
+        tail = prepared.sections if prepared.sections is not None else NO_SECTIONS
+        stage = self._stage(plan, topology.world_size, int(tail[SECTION_COUNT]))
+        row = np.concatenate([pack_row(plan, values), tail])
+        outcome = yield from call_rounds(topology, row, call, stage, self._collectives.state)
         verdict = outcome.stage[V_CODE]
         if verdict == INVALID:
             named, count = stage.error_ranks(outcome.stage)
@@ -138,11 +166,11 @@ class MetricReducer:
             own = f": {prepared.error}" if prepared.error is not None else ""
             raise MetricValueError(f"{call}: ranks {named}{more} passed invalid metric values{own}; nothing was logged")
         if verdict == DIFFERING:
-            return (yield from self._differing_keys(plan, values, call, topology))
+            return ReducedCall((yield from self._differing_keys(plan, values, call, topology)))
         per_rank = None
         if stage.per_rank_count:
             per_rank = yield from stage.share_per_rank(topology, outcome.block)
-        return stage.values(outcome.stage, per_rank)
+        return ReducedCall(stage.values(outcome.stage, per_rank), stage.section_times(outcome.stage, outcome.block))
 
     def _differing_keys(self, plan: MetricPlan, values: np.ndarray | None, call: CallInfo,
                         topology: Topology) -> Steps:

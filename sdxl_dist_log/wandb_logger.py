@@ -7,13 +7,14 @@ run on the primary rank, a ``NullBackend`` elsewhere), a ``Dispatcher`` (inline,
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import signal
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -34,6 +35,7 @@ from sdxl_dist_log.preemption import DEFAULT_SIGNALS, SignalChain
 from sdxl_dist_log.ranks import Launch, RankInfo
 from sdxl_dist_log.reduction import MetricReducer, PreparedMetrics
 from sdxl_dist_log.runconfig import deep_merge, redact_secrets
+from sdxl_dist_log.straggler import RankDirectory, SectionTimer, StragglerWatch, current_gpu, straggler_keys
 
 _log = logging.getLogger("sdxl_dist_log")
 
@@ -52,6 +54,7 @@ class WandbLogger:
         env: the environment to read the launch from (rank, job ids, ``SDXL_DIST_LOG_*`` overrides); ``os.environ``
             when None. It is read once, here.
         nvml: an NVML module (or a test double with its API) to sample GPUs with; ``pynvml`` when None.
+        clock: seconds, monotonic, for ``section`` timings; ``time.perf_counter`` when None.
 
     Example:
         >>> with WandbLogger(WandbConfig(project="sdxl", mode="offline")) as wb:  # doctest: +SKIP
@@ -66,6 +69,7 @@ class WandbLogger:
         rank_info: RankInfo | None = None,
         env: Mapping[str, str] | None = None,
         nvml: Any | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.config = config if isinstance(config, WandbConfig) else WandbConfig.from_dict(config or {})
         self._log = logger if isinstance(logger, logging.Logger) else getattr(logger, "logger", None) or _log
@@ -101,6 +105,11 @@ class WandbLogger:
         self._metrics = MetricReducer(
             self._collectives, metric_reduce=cfg.metric_reduce, primary_rank=cfg.primary_rank,
             strict_keys=cfg.strict_keys, warn=lambda message, key: self.is_primary and self._warn(message, key))
+        self._sections = SectionTimer(clock or time.perf_counter)
+        self._ranks = RankDirectory(self._collectives.store, self._collectives.namespace, rank.world_size)
+        if self._collectives.active:
+            self._ranks.publish(rank.rank, {"host": rank.hostname, "gpu": current_gpu()})
+        self._stragglers = StragglerWatch(cfg.straggler_threshold, cfg.straggler_patience, self._ranks.describe)
         self._dispatcher = Dispatcher(threaded=cfg.async_metrics)
         self._system = self._start_system_metrics()
         self._signals = SignalChain(self._close_on_signal, self._log)
@@ -171,7 +180,9 @@ class WandbLogger:
             MetricKeyMismatchError: with ``strict_keys``, ranks passed different keys (raised on every rank).
             CollectiveError: ranks did not all reach the call within ``collective_timeout`` (named).
         """
-        prepared = self._metrics.prepare(metrics, reduce, non_blocking=self._dispatcher.threaded)
+        names = self._sections.names
+        prepared = self._metrics.prepare(metrics, reduce, non_blocking=self._dispatcher.threaded,
+                                         sections=self._sections.take() if names else None)
         try:  # a bad step, like a bad value, must still reach the collective (as an error flag)
             step = checked_step(step, MetricValueError)
         except MetricValueError as exc:
@@ -181,17 +192,59 @@ class WandbLogger:
         call = CallInfo("log_metrics", step)
         prefix = self.config.metric_prefix if prefix is None else prefix
         result: list[dict[str, float]] = []
-        self._dispatcher.submit(lambda: result.append(self._reduce_and_log(prepared, call, prefix, commit)))
+        self._dispatcher.submit(lambda: result.append(self._reduce_and_log(prepared, call, prefix, commit, names)))
         # a background job's error surfaces only after this call was queued: raising before it would make this rank
         # skip a collective that the other ranks make
         self._dispatcher.raise_pending()
         return result[0] if result else None
 
-    def _reduce_and_log(self, prepared: PreparedMetrics, call: CallInfo, prefix: str, commit: bool) -> dict[str, float]:
-        logged = apply_prefix(self._metrics.reduce(prepared, call), prefix)
+    def _reduce_and_log(self, prepared: PreparedMetrics, call: CallInfo, prefix: str, commit: bool,
+                        sections: tuple[str, ...]) -> dict[str, float]:
+        reduced = self._metrics.reduce(prepared, call)
+        logged = apply_prefix(reduced.values, prefix)
         self._warn_if_degraded(call)
-        self._write_row(logged, call.step, commit)
+        row = logged
+        if self.is_primary and reduced.section_times is not None:
+            row = {**logged, **self._straggler_view(sections, reduced.section_times, call)}
+        self._write_row(row, call.step, commit)
         return logged
+
+    # -- the straggler view -------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def section(self, name: str) -> Iterator[None]:
+        """Time a named part of this rank's step; the totals per section travel with the next ``log_metrics``.
+
+        No collective of its own: every rank's times ride in the metrics call's collectives, and the run gets, per
+        section, ``straggler/<name>/score/rank<r>`` (the rank's time / the median rank's), ``.../slowest_rank`` and
+        ``.../spread`` (slowest / fastest), with a warning when the same rank stays slowest above
+        ``straggler_threshold`` for ``straggler_patience`` calls in a row. Every rank should time the same sections.
+
+        Example:
+            >>> with wb.section("data"):  # doctest: +SKIP
+            ...     batch = next(loader)
+
+        Raises:
+            MetricValueError: ``name`` is not a non-empty string without "/".
+        """
+        if not isinstance(name, str) or not name or "/" in name:
+            raise MetricValueError(f"section name {name!r} must be a non-empty string without '/'")
+        start = self._sections.clock()
+        try:
+            yield
+        finally:
+            self._sections.add(name, self._sections.clock() - start)
+
+    def _straggler_view(self, names: tuple[str, ...], times: np.ndarray, call: CallInfo) -> dict[str, float]:
+        keys = straggler_keys(names, times)
+        if "ranks" not in self._run_config.get("sdxl_dist_log", {}):
+            ranks = {str(r): record for r, record in self._ranks.everyone().items()} if self._collectives.active \
+                else {"0": {"host": self.rank_info.hostname, "gpu": current_gpu()}}
+            with self._lock:
+                self._run_config = deep_merge(self._run_config, {"sdxl_dist_log": {"ranks": ranks}})
+                self._backend.update_config({"sdxl_dist_log": self._run_config["sdxl_dist_log"]})
+        for warning in self._stragglers.observe(names, keys):
+            self._warn(f"{call}: {warning}")
+        return keys
 
     # -- images -------------------------------------------------------------------------------------------------
     def log_images(

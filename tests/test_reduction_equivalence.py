@@ -85,7 +85,7 @@ def run_call(job: SimulatedJob, metrics: list[dict[str, float]], reduce=None, st
     call = CallInfo("log_metrics", 7)
     steps = {r: reducers[r].steps(reducers[r].prepare(metrics[r], reduce_of(r) if reduce_of else reduce,
                                                       non_blocking=False), call) for r in reducers}
-    return job.run(steps)
+    return {r: getattr(v, "values", v) for r, v in job.run(steps).items()}
 
 
 def assert_same(op: str, got: float, want: float, column: np.ndarray, where: str) -> None:
