@@ -387,7 +387,9 @@ class Collectives:
         return result[0]
 
     def _fail(self, timed_out: bool, what: str, call: CallInfo) -> None:
-        absent = self._absent_ranks(grace=min(5.0, max(1.0, self.timeout / 10)))
+        # a rank that failed early (a peer's socket closed) waits for the others to post, which they do after
+        # presence_after seconds of waiting
+        absent = self._absent_ranks(grace=self.presence_after + min(5.0, max(1.0, self.timeout / 10)))
         if absent:
             who = f"ranks {absent} did not reach it"
         elif absent == []:
