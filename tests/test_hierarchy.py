@@ -75,8 +75,8 @@ def test_a_stage_that_fails_on_one_leader_raises_on_every_rank() -> None:
 @pytest.mark.parametrize("per_node", [1, 2, 8])
 def test_objects_and_bytes_reach_the_primary_only(per_node: int) -> None:
     job = SimulatedJob(Layout.regular(8, per_node))
-    out = job.run({r: decided_at_primary(job.topology(r), {"rank": r}, lambda everyone: sum(o["rank"] for o in everyone))
-                   for r in range(8)})
+    total = lambda everyone: sum(o["rank"] for o in everyone)  # noqa: E731
+    out = job.run({r: decided_at_primary(job.topology(r), {"rank": r}, total) for r in range(8)})
     assert set(out.values()) == {28}
     sizes = {1: 3, 6: 5}
     payloads = {r: np.full(sizes.get(r, 0), r, np.uint8) for r in range(8)}
