@@ -159,9 +159,10 @@ def designs(par: P, w: int, n: int) -> list[dict]:
         out.append(dict(key=key, name=name, t_us=t, bs=busiest_sent, br=busiest_recv, os=other_sent, orc=other_recv,
                         colls=colls, rows=rows_reduced))
 
-    # a. today: flat gloo ring all_gather of one frame per rank; every rank reduces the W-row matrix
+    # a. before: flat gloo ring all_gather of one frame per rank; every rank reduces the W-row matrix
     t = par.c + (w - 1) * (ab + f * bb)
-    add("a", "today: flat gloo all_gather (ring)", t, (w - 1) * f, (w - 1) * f, (w - 1) * f, (w - 1) * f, "1", w)
+    add("a", "before: one flat gloo all_gather (ring; still ours on one node)", t, (w - 1) * f, (w - 1) * f,
+        (w - 1) * f, (w - 1) * f, "1", w)
 
     # b1. hierarchical all_gather: node gather -> leaders' ring all_gather of p frames -> node broadcast of W frames
     t_local = par.a_l + (p - 1) * max(par.o, f * par.b_l) if p > 1 else 0.0

@@ -12,6 +12,7 @@ import fnmatch
 import functools
 import hashlib
 import numbers
+import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -201,6 +202,9 @@ def pack_values_deferred(
     return resolve
 
 
+_IS_CPU = operator.attrgetter("is_cpu")
+
+
 def _pack_uniform(values: list[Any]) -> np.ndarray | None:
     """The common cases in one pass, without per-value checks: all python numbers, or all CPU tensors (read with
     ``.item()``, ~0.3 µs each; one ``torch.stack`` of 0-d tensors costs more than that on the CPU). None for anything
@@ -211,8 +215,8 @@ def _pack_uniform(values: list[Any]) -> np.ndarray | None:
     try:
         if types <= {float, int}:
             return np.array(values, dtype=np.float64)
-        if len(types) == 1 and _is_torch_tensor(values[0]) and all(v.is_cpu for v in values):
-            return np.array([v.item() for v in values], dtype=np.float64)
+        if len(types) == 1 and _is_torch_tensor(values[0]) and all(map(_IS_CPU, values)):
+            return np.array(list(map(type(values[0]).item, values)), dtype=np.float64)
     except (OverflowError, RuntimeError, TypeError, ValueError):  # a big int, several elements, a complex value
         return None
     return None
@@ -329,7 +333,13 @@ def describe_missing(missing: Mapping[str, Sequence[int]], limit: int = 8) -> st
 
 def apply_prefix(values: Mapping[str, float], prefix: str) -> dict[str, float]:
     """Prefix every key; "" leaves keys as they are. A prefix without a trailing "/" is joined with "/"."""
+    return dict(zip(prefixed(tuple(values), prefix), values.values()))
+
+
+@functools.lru_cache(maxsize=64)
+def prefixed(keys: tuple[str, ...], prefix: str) -> tuple[str, ...]:
+    """``keys`` with ``prefix`` (as ``apply_prefix`` joins it); kept for the key sets a training loop repeats."""
     if not prefix:
-        return dict(values)
+        return keys
     joiner = "" if prefix.endswith("/") else "/"
-    return {f"{prefix}{joiner}{k}": v for k, v in values.items()}
+    return tuple(f"{prefix}{joiner}{k}" for k in keys)

@@ -91,6 +91,7 @@ class MetricReducer:
         self._warn = warn
         self._plans: dict[Any, MetricPlan] = {}
         self._stages: dict[int, MetricStage] = {}
+        self._last_keys: tuple[tuple[Any, ...], tuple[str, ...]] = ((), ())
 
     def prepare(self, metrics: Mapping[str, Any], reduce: str | Mapping[str, str] | None, *,
                 non_blocking: bool, sections: np.ndarray | None = None) -> PreparedMetrics:
@@ -108,16 +109,25 @@ class MetricReducer:
         try:
             if not isinstance(metrics, Mapping):
                 raise MetricValueError(f"metrics must be a mapping of key -> value, not {type(metrics).__name__}")
-            for key in metrics:
-                if not isinstance(key, str) or not key:
-                    raise MetricValueError(f"metric key {key!r} is not a non-empty string")
-            keys = tuple(sorted(metrics))
+            keys = self._sorted_keys(metrics)
             plan = self._plan(keys, reduce)
             return PreparedMetrics(plan, pack_values_deferred(metrics, keys, non_blocking=non_blocking), None)
         except Exception as exc:  # any failure must still reach the collective as a flagged row
             error = exc if isinstance(exc, MetricValueError) else MetricValueError(f"{type(exc).__name__}: {exc}")
             keys = tuple(sorted({str(k) for k in metrics})) if isinstance(metrics, Mapping) else ()
             return PreparedMetrics(MetricPlan(keys, resolve_reduce(keys, None)), None, error)
+
+    def _sorted_keys(self, metrics: Mapping[str, Any]) -> tuple[str, ...]:
+        """The keys, checked and sorted; a loop passing the same keys in the same order as last time skips both."""
+        given = tuple(metrics)
+        if given == self._last_keys[0]:
+            return self._last_keys[1]
+        for key in given:
+            if not isinstance(key, str) or not key:
+                raise MetricValueError(f"metric key {key!r} is not a non-empty string")
+        keys = tuple(sorted(given))
+        self._last_keys = (given, keys)
+        return keys
 
     def _plan(self, keys: tuple[str, ...], reduce: str | Mapping[str, str] | None) -> MetricPlan:
         """The call's keys and ops; cached per key set, since training loops log the same keys every step."""

@@ -146,6 +146,10 @@ class RankDirectory:
         self._known: dict[int, dict[str, Any]] = {}
 
     def publish(self, rank: int, record: Mapping[str, Any]) -> None:
+        """Make this rank's record known: through the store, or directly in a world of one."""
+        if self._world_size == 1:
+            self._known = {rank: dict(record)}
+            return
         self._store.set(f"{self._prefix}/{rank}", json.dumps(dict(record)))
 
     def everyone(self) -> dict[int, dict[str, Any]]:
@@ -169,3 +173,34 @@ def current_gpu() -> int | None:
     if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
         return None
     return int(torch.cuda.current_device())
+
+
+class StragglerView:
+    """This rank's side of the straggler view: its section timer, and on the primary the keys and the alarm.
+
+    Args:
+        timer: this rank's section times.
+        directory: every rank's host and GPU (this rank publishes its own here when ``publish`` is given).
+        watch: the alarm (used on the rank that decides calls).
+        record_ranks: called once with ``{rank: {"host", "gpu"}}`` for the run config.
+        warn: receives each alarm.
+    """
+
+    def __init__(self, timer: SectionTimer, directory: RankDirectory, watch: StragglerWatch,
+                 record_ranks: Callable[[dict[str, Any]], None], warn: Callable[[str], None]) -> None:
+        self.timer = timer
+        self._directory = directory
+        self._watch = watch
+        self._record_ranks = record_ranks
+        self._warn = warn
+        self._recorded = False
+
+    def keys(self, names: Sequence[str], times: np.ndarray) -> dict[str, float]:
+        """One interval's keys (``straggler_keys``); records the ranks once and raises any alarm."""
+        keys = straggler_keys(names, times)
+        if not self._recorded:
+            self._record_ranks({str(r): record for r, record in self._directory.everyone().items()})
+            self._recorded = True
+        for warning in self._watch.observe(names, keys):
+            self._warn(warning)
+        return keys

@@ -27,7 +27,6 @@ from sdxl_dist_log.config import WandbConfig
 from sdxl_dist_log.dispatch import Dispatcher
 from sdxl_dist_log.errors import ConfigError, ImageInputError, MetricValueError
 from sdxl_dist_log.framing import CallInfo, checked_step
-from sdxl_dist_log.hierarchy import bytes_to_primary
 from sdxl_dist_log.identity import CONFIG_SECTION, RunIdentity, launch_record, propose_identity
 from sdxl_dist_log.images import convert, transport
 from sdxl_dist_log.metrics import apply_prefix
@@ -35,7 +34,7 @@ from sdxl_dist_log.preemption import DEFAULT_SIGNALS, SignalChain
 from sdxl_dist_log.ranks import Launch, RankInfo
 from sdxl_dist_log.reduction import MetricReducer, PreparedMetrics
 from sdxl_dist_log.runconfig import deep_merge, redact_secrets
-from sdxl_dist_log.straggler import RankDirectory, SectionTimer, StragglerWatch, current_gpu, straggler_keys
+from sdxl_dist_log.straggler import RankDirectory, SectionTimer, StragglerView, StragglerWatch, current_gpu
 
 _log = logging.getLogger("sdxl_dist_log")
 
@@ -105,11 +104,7 @@ class WandbLogger:
         self._metrics = MetricReducer(
             self._collectives, metric_reduce=cfg.metric_reduce, primary_rank=cfg.primary_rank,
             strict_keys=cfg.strict_keys, warn=lambda message, key: self.is_primary and self._warn(message, key))
-        self._sections = SectionTimer(clock or time.perf_counter)
-        self._ranks = RankDirectory(self._collectives.store, self._collectives.namespace, rank.world_size)
-        if self._collectives.active:
-            self._ranks.publish(rank.rank, {"host": rank.hostname, "gpu": current_gpu()})
-        self._stragglers = StragglerWatch(cfg.straggler_threshold, cfg.straggler_patience, self._ranks.describe)
+        self._stragglers = self._start_straggler_view(clock)
         self._dispatcher = Dispatcher(threaded=cfg.async_metrics)
         self._system = self._start_system_metrics()
         self._signals = SignalChain(self._close_on_signal, self._log)
@@ -139,6 +134,15 @@ class WandbLogger:
             self._info(f"W&B run {identity.run_id} ({identity.mode}) group={identity.group} "
                        f"job_type={identity.job_type} dir={identity.run_dir}")
         return identity
+
+    def _start_straggler_view(self, clock: Callable[[], float] | None) -> StragglerView:
+        cfg, rank = self.config, self.rank_info
+        directory = RankDirectory(self._collectives.store, self._collectives.namespace,
+                                  self._collectives.topology.world_size)
+        directory.publish(rank.rank if self._collectives.active else 0, {"host": rank.hostname, "gpu": current_gpu()})
+        watch = StragglerWatch(cfg.straggler_threshold, cfg.straggler_patience, directory.describe)
+        return StragglerView(SectionTimer(clock or time.perf_counter), directory, watch,
+                             lambda ranks: self._merge_run_config({"sdxl_dist_log": {"ranks": ranks}}), self._warn)
 
     def _start_system_metrics(self) -> Any:
         cfg = self.config
@@ -180,9 +184,10 @@ class WandbLogger:
             MetricKeyMismatchError: with ``strict_keys``, ranks passed different keys (raised on every rank).
             CollectiveError: ranks did not all reach the call within ``collective_timeout`` (named).
         """
-        names = self._sections.names
+        timer = self._stragglers.timer
+        names = timer.names
         prepared = self._metrics.prepare(metrics, reduce, non_blocking=self._dispatcher.threaded,
-                                         sections=self._sections.take() if names else None)
+                                         sections=timer.take() if names else None)
         try:  # a bad step, like a bad value, must still reach the collective (as an error flag)
             step = checked_step(step, MetricValueError)
         except MetricValueError as exc:
@@ -205,7 +210,7 @@ class WandbLogger:
         self._warn_if_degraded(call)
         row = logged
         if self.is_primary and reduced.section_times is not None:
-            row = {**logged, **self._straggler_view(sections, reduced.section_times, call)}
+            row = {**logged, **self._stragglers.keys(sections, reduced.section_times)}
         self._write_row(row, call.step, commit)
         return logged
 
@@ -228,23 +233,12 @@ class WandbLogger:
         """
         if not isinstance(name, str) or not name or "/" in name:
             raise MetricValueError(f"section name {name!r} must be a non-empty string without '/'")
-        start = self._sections.clock()
+        timer = self._stragglers.timer
+        start = timer.clock()
         try:
             yield
         finally:
-            self._sections.add(name, self._sections.clock() - start)
-
-    def _straggler_view(self, names: tuple[str, ...], times: np.ndarray, call: CallInfo) -> dict[str, float]:
-        keys = straggler_keys(names, times)
-        if "ranks" not in self._run_config.get("sdxl_dist_log", {}):
-            ranks = {str(r): record for r, record in self._ranks.everyone().items()} if self._collectives.active \
-                else {"0": {"host": self.rank_info.hostname, "gpu": current_gpu()}}
-            with self._lock:
-                self._run_config = deep_merge(self._run_config, {"sdxl_dist_log": {"ranks": ranks}})
-                self._backend.update_config({"sdxl_dist_log": self._run_config["sdxl_dist_log"]})
-        for warning in self._stragglers.observe(names, keys):
-            self._warn(f"{call}: {warning}")
-        return keys
+            timer.add(name, timer.clock() - start)
 
     # -- images -------------------------------------------------------------------------------------------------
     def log_images(
@@ -301,36 +295,18 @@ class WandbLogger:
     ) -> int:
         cap = self.config.max_images_to_log
         collectives = self._collectives
-        encoded = transport.encode_captions(captions)
-        stage = transport.ImageStage(cap)
-        offer = transport.pack_offer(arrays, encoded, cap, failed=error is not None)
-        outcome = collectives.reduce_call(offer, call, stage)
-        failed, count = stage.failed_ranks(outcome.stage)
-        if count:
-            own = f": {error}" if error is not None else ""
-            more = f" and {count - len(failed)} more" if count > len(failed) else ""
-            raise ImageInputError(f"{call}: ranks {failed}{more} passed invalid images or captions{own}; "
-                                  "nothing was logged")
-        senders = stage.senders(outcome.stage)
-        topology = collectives.topology
-        if stage.offered(outcome.stage) > cap and self.is_primary:
-            shares = {r: share for r, (share, _) in senders.items()}
-            self._warn(f"{call}: {stage.offered(outcome.stage)} images offered, logging {cap} (max_images_to_log); "
-                       f"images per sending rank {shares}", once_key="image-cap")
-        mine = senders.get(topology.rank, (0, 0))[0]
-        payload = transport.pack_payload(arrays, encoded, mine)
-        sizes = {r: size for r, (_, size) in senders.items()}
-        buffers = collectives.run(bytes_to_primary(topology, sizes, payload), call)
+        steps = transport.gather_steps(collectives.topology, collectives.state, arrays, captions, cap, call, error)
+        gathered = collectives.run(steps, call)
         if not self.is_primary:
-            return mine
-        plan = stage.plan(outcome.block)
-        by_rank = [buffers.get(r, np.empty(0, np.uint8)) for r in range(topology.world_size)]
-        images, names = transport.unpack_payloads(plan, by_rank, label_ranks=topology.world_size > 1)
+            return gathered.sent
+        if gathered.offered > cap:
+            self._warn(f"{call}: {gathered.offered} images offered, logging {cap} (max_images_to_log); "
+                       f"images per sending rank {gathered.shares}", once_key="image-cap")
         self._warn_if_degraded(call)
-        if images:
+        if gathered.images:
             with self._lock:
-                self._backend.log_images(key, images, names, self._at_step(call.step))
-        return len(images)
+                self._backend.log_images(key, gathered.images, gathered.captions, self._at_step(call.step))
+        return len(gathered.images)
 
     # -- checkpoints and config ---------------------------------------------------------------------------------
     def log_model(
@@ -459,8 +435,13 @@ class WandbLogger:
         known = self._run_config.get("sdxl_dist_log", {}).get("hostnames", {})
         named = {f"node{n}": host for n, host in sorted(hosts.items())}
         if named and named != known:
-            self._run_config = deep_merge(self._run_config, {"sdxl_dist_log": {"hostnames": named}})
-            self._backend.update_config({"sdxl_dist_log": self._run_config["sdxl_dist_log"]})
+            self._merge_run_config({"sdxl_dist_log": {"hostnames": named}})
+
+    def _merge_run_config(self, values: Mapping[str, Any]) -> None:
+        """Merge ``values`` into the run config and send the top-level sections they touch (the primary's run)."""
+        with self._lock:
+            self._run_config = deep_merge(self._run_config, values)
+            self._backend.update_config({key: self._run_config[key] for key in values})
 
     def _warn_if_degraded(self, call: CallInfo) -> None:
         failure = self._collectives.failure

@@ -19,15 +19,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sdxl_dist_log.hierarchy import STAGE_HEADER
+from sdxl_dist_log.errors import ImageInputError
+from sdxl_dist_log.framing import CallInfo
+from sdxl_dist_log.hierarchy import STAGE_HEADER, CallState, Steps, bytes_to_primary, call_rounds
 from sdxl_dist_log.images.convert import CHANNELS, image_error
+from sdxl_dist_log.topology import Topology
 
 __all__ = [
     "GatherPlan",
+    "Gathered",
     "ImageStage",
     "decode_from_transport",
     "encode_for_transport",
     "fair_shares",
+    "gather_steps",
     "pack_offer",
     "pack_payload",
     "plan_gather",
@@ -181,6 +186,59 @@ class ImageStage:
     @staticmethod
     def offered(result: np.ndarray) -> int:
         return int(result[I_OFFERED])
+
+
+@dataclass(frozen=True)
+class Gathered:
+    """What one ``log_images`` call gives a rank.
+
+    Attributes:
+        images: every rank's shared images, in rank order, on the primary; empty elsewhere.
+        captions: one per image (marked with its rank when several ranks log), on the primary.
+        sent: images this rank sent.
+        offered: images all ranks offered together.
+        shares: rank -> images it sent, for every rank that sent any.
+    """
+
+    images: list[np.ndarray]
+    captions: list[str | None]
+    sent: int
+    offered: int
+    shares: dict[int, int]
+
+
+def gather_steps(topology: Topology, state: CallState, images: Sequence[np.ndarray], captions: Sequence[str | None],
+                 cap: int, call: CallInfo, error: Exception | None) -> Steps:
+    """One ``log_images`` call as the steps ``Collectives.run`` drives: the offers, then the shares' bytes.
+
+    Args:
+        images: this rank's uint8 (H, W, C) images; empty when ``error``.
+        error: what was wrong with this rank's input, or None: the flagged offer still travels, and every rank
+            raises.
+
+    Raises:
+        ImageInputError: some rank's images or captions were invalid (every rank raises, naming the ranks).
+    """
+    encoded = encode_captions(captions)
+    stage = ImageStage(cap)
+    outcome = yield from call_rounds(topology, pack_offer(images, encoded, cap, failed=error is not None), call, stage,
+                                     state)
+    failed, count = stage.failed_ranks(outcome.stage)
+    if count:
+        own = f": {error}" if error is not None else ""
+        more = f" and {count - len(failed)} more" if count > len(failed) else ""
+        raise ImageInputError(f"{call}: ranks {failed}{more} passed invalid images or captions{own}; nothing was "
+                              "logged")
+    senders = stage.senders(outcome.stage)
+    mine = senders.get(topology.rank, (0, 0))[0]
+    sizes = {r: size for r, (_, size) in senders.items()}
+    buffers = yield from bytes_to_primary(topology, sizes, pack_payload(images, encoded, mine))
+    shares = {r: share for r, (share, _) in senders.items()}
+    if buffers is None:
+        return Gathered([], [], mine, stage.offered(outcome.stage), shares)
+    by_rank = [buffers.get(r, np.empty(0, np.uint8)) for r in range(topology.world_size)]
+    unpacked, names = unpack_payloads(stage.plan(outcome.block), by_rank, label_ranks=topology.world_size > 1)
+    return Gathered(unpacked, names, mine, stage.offered(outcome.stage), shares)
 
 
 def pack_payload(images: Sequence[np.ndarray], captions: Sequence[bytes | None], share: int) -> np.ndarray:
