@@ -52,8 +52,10 @@ def main() -> None:
     run = read_run(sorted(find_run_dirs(args.dir))[-1])
     print(f"run {run.path.name}: sdxl_dist_log.ranks = {run.config['sdxl_dist_log']['ranks']}")
     for row in run.rows_with("straggler/data/slowest_rank"):
-        keys = sorted(k for k in row if k.startswith("straggler/"))
-        print(f"step {row['trainer/step']}: " + ", ".join(f"{k} = {row[k]:.3g}" for k in keys))
+        for section in ("data", "step"):
+            scores = [round(row[f"straggler/{section}/score/rank{r}"], 2) for r in range(4)]
+            print(f"step {row['trainer/step']} {section:>4}: slowest_rank {row[f'straggler/{section}/slowest_rank']}"
+                  f"  spread {row[f'straggler/{section}/spread']:.2f}  score/rank0..3 {scores}")
 
 
 if __name__ == "__main__":
