@@ -50,7 +50,7 @@ from sdxl_dist_log.hierarchy import (
     Stage,
     call_rounds,
 )
-from sdxl_dist_log.ranks import RankInfo
+from sdxl_dist_log.ranks import Launch, RankInfo
 from sdxl_dist_log.topology import Topology, exchange_layout
 
 _log = logging.getLogger("sdxl_dist_log")
@@ -149,18 +149,17 @@ class Collectives:
         self.failure: CollectiveError | None = None
 
     @classmethod
-    def create(cls, *, rank: int, world_size: int, timeout: float, node: int = 0, primary: int = 0,
-               interfaces: str | None = None) -> Collectives:
+    def create(cls, *, rank: int, world_size: int, timeout: float, launch: Launch | None = None,
+               primary: int = 0) -> Collectives:
         """Collectives over new gloo groups when torch.distributed is initialized, else the identity.
 
         Args:
             rank: this process's rank from the environment (used when no process group exists).
             world_size: the launch's size from the environment (likewise).
             timeout: seconds each logging collective may wait for the other ranks.
-            node: this rank's node as the launch says (``RankInfo.node_rank``): ranks with the same value share a
-                node's group.
+            launch: the launch: this rank's node (``rank.node_rank``: ranks with the same value share a node's
+                group) and ``gloo_socket_ifname`` (the network interfaces for gloo; the host's default when None).
             primary: the rank that owns the run (it leads its node and roots the leaders' group).
-            interfaces: network interfaces for gloo (``GLOO_SOCKET_IFNAME``), or None for the host's default.
 
         Raises:
             CollectiveTimeoutError: not every rank built its logger within ``timeout`` (named).
@@ -174,10 +173,11 @@ class Collectives:
         rank, world_size = dist.get_rank(), dist.get_world_size()
         store = dist.distributed_c10d._get_default_store()
         primary = primary if 0 <= primary < world_size else 0  # the logger raises ConfigError for it next
-        layout = exchange_layout(store, rank=rank, world_size=world_size, node_id=node, primary=primary,
-                                 namespace=namespace, timeout=timeout)
+        launch = launch or Launch()
+        layout = exchange_layout(store, rank=rank, world_size=world_size, node_id=launch.rank.node_rank,
+                                 primary=primary, namespace=namespace, timeout=timeout)
         topology = layout.for_rank(rank)
-        backend = _gloo_backend(interfaces)
+        backend = _gloo_backend(launch.gloo_socket_ifname)
         # gloo abandons a pending operation only at the group's timeout: keep it at the latest bound of a call, so a
         # rank that arrives after the others gave up fails too instead of completing against an abandoned operation
         bound = timedelta(seconds=timeout + 2 * stage_margin(timeout) + 2.0)

@@ -28,7 +28,7 @@ from sdxl_dist_log.metrics import (
     reduce_union,
     resolve_reduce,
 )
-from sdxl_dist_log.straggler import SECTION_COUNT, SECTION_HEADER
+from sdxl_dist_log.straggler import SECTION_COUNT, SECTION_HEADER, SectionTail
 from sdxl_dist_log.topology import Topology
 
 NO_SECTIONS = np.zeros(SECTION_HEADER)
@@ -44,13 +44,13 @@ class PreparedMetrics:
         plan: the sorted keys and their reduce ops.
         values: gives the float64 values (waiting for a device copy when one is in flight); None when ``error``.
         error: what was wrong with this rank's input, or None.
-        sections: this rank's section times since the last call (``SectionTimer.take``), or None.
+        sections: this rank's section times since the last call, or None.
     """
 
     plan: MetricPlan
     values: Callable[[], np.ndarray] | None
     error: MetricValueError | None
-    sections: np.ndarray | None = None
+    sections: SectionTail | None = None
 
     def failed(self, error: MetricValueError) -> PreparedMetrics:
         """The same call, failed: the flagged row still travels so that no rank waits for this one."""
@@ -94,12 +94,12 @@ class MetricReducer:
         self._last_keys: tuple[tuple[Any, ...], tuple[str, ...]] = ((), ())
 
     def prepare(self, metrics: Mapping[str, Any], reduce: str | Mapping[str, str] | None, *,
-                non_blocking: bool, sections: np.ndarray | None = None) -> PreparedMetrics:
+                non_blocking: bool, sections: SectionTail | None = None) -> PreparedMetrics:
         """Check and pack this rank's values; an invalid input becomes ``error``, never an exception here.
 
         Args:
             non_blocking: start device-to-host copies without waiting (``values()`` waits, on whichever thread).
-            sections: this rank's section times to send along (``SectionTimer.take``).
+            sections: this rank's section times to send along (``StragglerView.take``).
         """
         prepared = self._prepare(metrics, reduce, non_blocking)
         return prepared if sections is None else dataclasses.replace(prepared, sections=sections)
@@ -165,7 +165,7 @@ class MetricReducer:
         values = prepared.values() if prepared.values is not None else None
         plan = prepared.plan
         topology = self._collectives.topology
-        tail = prepared.sections if prepared.sections is not None else NO_SECTIONS
+        tail = prepared.sections.values if prepared.sections is not None else NO_SECTIONS
         stage = self._stage(plan, topology.world_size, int(tail[SECTION_COUNT]))
         row = np.concatenate([pack_row(plan, values), tail])
         outcome = yield from call_rounds(topology, row, call, stage, self._collectives.state)

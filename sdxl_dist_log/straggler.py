@@ -16,15 +16,21 @@ for ``patience`` logging intervals in a row, naming its host and GPU.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from sdxl_dist_log.config import WandbConfig
+from sdxl_dist_log.errors import MetricValueError
+from sdxl_dist_log.identity import CONFIG_SECTION
+from sdxl_dist_log.ranks import RankInfo
 
 SECTION_COUNT, SECTION_FINGERPRINT = 0, 1
 SECTION_HEADER = 2
@@ -37,6 +43,15 @@ def names_fingerprint(names: Sequence[str]) -> int:
         return 0
     digest = hashlib.blake2b("\0".join(names).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 12
+
+
+@dataclass(frozen=True)
+class SectionTail:
+    """What a metrics row carries of this rank's sections: ``values`` (``SECTION_HEADER`` values, then one time per
+    section) and the sections' names, in the order of the times."""
+
+    values: np.ndarray
+    names: tuple[str, ...]
 
 
 @dataclass
@@ -184,6 +199,9 @@ class StragglerView:
         watch: the alarm (used on the rank that decides calls).
         record_ranks: called once with ``{rank: {"host", "gpu"}}`` for the run config.
         warn: receives each alarm.
+
+    Attributes:
+        primary: this rank adds the straggler keys to its rows (the rank that owns the run).
     """
 
     def __init__(self, timer: SectionTimer, directory: RankDirectory, watch: StragglerWatch,
@@ -194,6 +212,48 @@ class StragglerView:
         self._record_ranks = record_ranks
         self._warn = warn
         self._recorded = False
+        self.primary = True
+
+    @classmethod
+    def start(cls, collectives: Any, rank: RankInfo, config: WandbConfig, *, primary: bool,
+              clock: Callable[[], float] | None, merge_config: Callable[[dict[str, Any]], None],
+              warn: Callable[[str], None]) -> StragglerView:
+        """Publish where this rank runs (host, current GPU) through the store of ``collectives`` (a
+        ``Collectives``) and start timing sections; ``primary``: this rank adds the straggler keys to its rows;
+        ``merge_config`` merges into the run config (the ranks go under ``sdxl_dist_log.ranks``)."""
+        directory = RankDirectory(collectives.store, collectives.namespace, collectives.topology.world_size)
+        directory.publish(rank.rank if collectives.active else 0, {"host": rank.hostname, "gpu": current_gpu()})
+        watch = StragglerWatch(config.straggler_threshold, config.straggler_patience, directory.describe)
+        view = cls(SectionTimer(clock or time.perf_counter), directory, watch,
+                   lambda ranks: merge_config({CONFIG_SECTION: {"ranks": ranks}}), warn)
+        view.primary = primary
+        return view
+
+    @contextlib.contextmanager
+    def section(self, name: str) -> Iterator[None]:
+        """Add the time spent inside to section ``name`` (``WandbLogger.section``).
+
+        Raises:
+            MetricValueError: ``name`` is not a non-empty string without "/".
+        """
+        if not isinstance(name, str) or not name or "/" in name:
+            raise MetricValueError(f"section name {name!r} must be a non-empty string without '/'")
+        start = self.timer.clock()
+        try:
+            yield
+        finally:
+            self.timer.add(name, self.timer.clock() - start)
+
+    def take(self) -> SectionTail | None:
+        """This interval's section times, for the next metrics row; None before any section was timed."""
+        names = self.timer.names
+        return SectionTail(self.timer.take(), names) if names else None
+
+    def row(self, logged: dict[str, float], tail: SectionTail | None, times: np.ndarray | None) -> dict[str, float]:
+        """The row to log: ``logged``, plus (on the primary) the straggler keys when every rank's times are here."""
+        if not self.primary or times is None or tail is None:
+            return logged
+        return {**logged, **self.keys(tail.names, times)}
 
     def keys(self, names: Sequence[str], times: np.ndarray) -> dict[str, float]:
         """One interval's keys (``straggler_keys``); records the ranks once and raises any alarm."""

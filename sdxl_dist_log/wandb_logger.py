@@ -7,14 +7,14 @@ run on the primary rank, a ``NullBackend`` elsewhere), a ``Dispatcher`` (inline,
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import Any
 
@@ -34,7 +34,7 @@ from sdxl_dist_log.preemption import DEFAULT_SIGNALS, SignalChain
 from sdxl_dist_log.ranks import Launch, RankInfo
 from sdxl_dist_log.reduction import MetricReducer, PreparedMetrics
 from sdxl_dist_log.runconfig import deep_merge, redact_secrets
-from sdxl_dist_log.straggler import RankDirectory, SectionTimer, StragglerView, StragglerWatch, current_gpu
+from sdxl_dist_log.straggler import StragglerView
 
 _log = logging.getLogger("sdxl_dist_log")
 
@@ -76,9 +76,8 @@ class WandbLogger:
         if rank_info is not None:
             launch = dataclasses.replace(launch, rank=rank_info)
         cfg, rank = self.config, launch.rank
-        self._collectives = Collectives.create(rank=rank.rank, world_size=rank.world_size,
-                                               timeout=cfg.collective_timeout, node=rank.node_rank,
-                                               primary=cfg.primary_rank, interfaces=launch.gloo_socket_ifname)
+        self._collectives = Collectives.create(rank=rank.rank, world_size=rank.world_size, launch=launch,
+                                               timeout=cfg.collective_timeout, primary=cfg.primary_rank)
         if self._collectives.active:
             rank = rank.with_process_group(self._collectives.rank, self._collectives.world_size)
             launch = dataclasses.replace(launch, rank=rank)
@@ -104,7 +103,8 @@ class WandbLogger:
         self._metrics = MetricReducer(
             self._collectives, metric_reduce=cfg.metric_reduce, primary_rank=cfg.primary_rank,
             strict_keys=cfg.strict_keys, warn=lambda message, key: self.is_primary and self._warn(message, key))
-        self._stragglers = self._start_straggler_view(clock)
+        self._stragglers = StragglerView.start(self._collectives, rank, cfg, primary=self.is_primary, clock=clock,
+                                               warn=self._warn, merge_config=self._merge_run_config)
         self._dispatcher = Dispatcher(threaded=cfg.async_metrics)
         self._system = self._start_system_metrics()
         self._signals = SignalChain(self._close_on_signal, self._log)
@@ -134,15 +134,6 @@ class WandbLogger:
             self._info(f"W&B run {identity.run_id} ({identity.mode}) group={identity.group} "
                        f"job_type={identity.job_type} dir={identity.run_dir}")
         return identity
-
-    def _start_straggler_view(self, clock: Callable[[], float] | None) -> StragglerView:
-        cfg, rank = self.config, self.rank_info
-        directory = RankDirectory(self._collectives.store, self._collectives.namespace,
-                                  self._collectives.topology.world_size)
-        directory.publish(rank.rank if self._collectives.active else 0, {"host": rank.hostname, "gpu": current_gpu()})
-        watch = StragglerWatch(cfg.straggler_threshold, cfg.straggler_patience, directory.describe)
-        return StragglerView(SectionTimer(clock or time.perf_counter), directory, watch,
-                             lambda ranks: self._merge_run_config({"sdxl_dist_log": {"ranks": ranks}}), self._warn)
 
     def _start_system_metrics(self) -> Any:
         cfg = self.config
@@ -184,10 +175,8 @@ class WandbLogger:
             MetricKeyMismatchError: with ``strict_keys``, ranks passed different keys (raised on every rank).
             CollectiveError: ranks did not all reach the call within ``collective_timeout`` (named).
         """
-        timer = self._stragglers.timer
-        names = timer.names
-        prepared = self._metrics.prepare(metrics, reduce, non_blocking=self._dispatcher.threaded,
-                                         sections=timer.take() if names else None)
+        sections = self._stragglers.take()
+        prepared = self._metrics.prepare(metrics, reduce, non_blocking=self._dispatcher.threaded, sections=sections)
         try:  # a bad step, like a bad value, must still reach the collective (as an error flag)
             step = checked_step(step, MetricValueError)
         except MetricValueError as exc:
@@ -197,48 +186,22 @@ class WandbLogger:
         call = CallInfo("log_metrics", step)
         prefix = self.config.metric_prefix if prefix is None else prefix
         result: list[dict[str, float]] = []
-        self._dispatcher.submit(lambda: result.append(self._reduce_and_log(prepared, call, prefix, commit, names)))
+        self._dispatcher.submit(lambda: result.append(self._reduce_and_log(prepared, call, prefix, commit)))
         # a background job's error surfaces only after this call was queued: raising before it would make this rank
         # skip a collective that the other ranks make
         self._dispatcher.raise_pending()
         return result[0] if result else None
 
-    def _reduce_and_log(self, prepared: PreparedMetrics, call: CallInfo, prefix: str, commit: bool,
-                        sections: tuple[str, ...]) -> dict[str, float]:
+    def _reduce_and_log(self, prepared: PreparedMetrics, call: CallInfo, prefix: str, commit: bool) -> dict[str, float]:
         reduced = self._metrics.reduce(prepared, call)
         logged = apply_prefix(reduced.values, prefix)
         self._warn_if_degraded(call)
-        row = logged
-        if self.is_primary and reduced.section_times is not None:
-            row = {**logged, **self._stragglers.keys(sections, reduced.section_times)}
-        self._write_row(row, call.step, commit)
+        self._write_row(self._stragglers.row(logged, prepared.sections, reduced.section_times), call.step, commit)
         return logged
 
-    # -- the straggler view -------------------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def section(self, name: str) -> Iterator[None]:
-        """Time a named part of this rank's step; the totals per section travel with the next ``log_metrics``.
-
-        No collective of its own: every rank's times ride in the metrics call's collectives, and the run gets, per
-        section, ``straggler/<name>/score/rank<r>`` (the rank's time / the median rank's), ``.../slowest_rank`` and
-        ``.../spread`` (slowest / fastest), with a warning when the same rank stays slowest above
-        ``straggler_threshold`` for ``straggler_patience`` calls in a row. Every rank should time the same sections.
-
-        Example:
-            >>> with wb.section("data"):  # doctest: +SKIP
-            ...     batch = next(loader)
-
-        Raises:
-            MetricValueError: ``name`` is not a non-empty string without "/".
-        """
-        if not isinstance(name, str) or not name or "/" in name:
-            raise MetricValueError(f"section name {name!r} must be a non-empty string without '/'")
-        timer = self._stragglers.timer
-        start = timer.clock()
-        try:
-            yield
-        finally:
-            timer.add(name, timer.clock() - start)
+    def section(self, name: str) -> AbstractContextManager[None]:
+        """``with wb.section("data"):`` times a part of the step for the straggler view (``StragglerView.section``)."""
+        return self._stragglers.section(name)
 
     # -- images -------------------------------------------------------------------------------------------------
     def log_images(
@@ -293,15 +256,12 @@ class WandbLogger:
     def _gather_and_log_images(
         self, arrays: list[np.ndarray], captions: list[str | None], error: Exception | None, key: str, call: CallInfo
     ) -> int:
-        cap = self.config.max_images_to_log
-        collectives = self._collectives
-        steps = transport.gather_steps(collectives.topology, collectives.state, arrays, captions, cap, call, error)
-        gathered = collectives.run(steps, call)
+        cap, collectives = self.config.max_images_to_log, self._collectives
+        gathered = collectives.run(transport.gather_steps(collectives, arrays, captions, cap, call, error), call)
         if not self.is_primary:
             return gathered.sent
-        if gathered.offered > cap:
-            self._warn(f"{call}: {gathered.offered} images offered, logging {cap} (max_images_to_log); "
-                       f"images per sending rank {gathered.shares}", once_key="image-cap")
+        if gathered.over_cap(cap, call):
+            self._warn(gathered.over_cap(cap, call), once_key="image-cap")
         self._warn_if_degraded(call)
         if gathered.images:
             with self._lock:
@@ -357,9 +317,7 @@ class WandbLogger:
             raise TypeError(f"log_config takes a mapping, got {type(values).__name__}")
         if not self.is_primary:
             return {}
-        clean = redact_secrets(values)
-        self._run_config = deep_merge(self._run_config, clean)
-        self._backend.update_config({k: self._run_config[k] for k in clean})
+        self._merge_run_config(redact_secrets(values))
         return dict(self._run_config)
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
@@ -438,8 +396,7 @@ class WandbLogger:
             self._merge_run_config({"sdxl_dist_log": {"hostnames": named}})
 
     def _merge_run_config(self, values: Mapping[str, Any]) -> None:
-        """Merge ``values`` into the run config and send the top-level sections they touch (the primary's run)."""
-        with self._lock:
+        with self._lock:  # merged into the run config; the primary's run gets the top-level sections they touch
             self._run_config = deep_merge(self._run_config, values)
             self._backend.update_config({key: self._run_config[key] for key in values})
 

@@ -15,7 +15,14 @@ import pytest
 
 from sdxl_dist_log.framing import CallInfo
 from sdxl_dist_log.reduction import MetricReducer
-from sdxl_dist_log.straggler import SECTION_HEADER, SectionTimer, StragglerWatch, names_fingerprint, straggler_keys
+from sdxl_dist_log.straggler import (
+    SECTION_HEADER,
+    SectionTail,
+    SectionTimer,
+    StragglerWatch,
+    names_fingerprint,
+    straggler_keys,
+)
 from sdxl_dist_log.testing.simulate import SimulatedJob
 from sdxl_dist_log.topology import Layout
 
@@ -75,7 +82,7 @@ def test_the_section_tail_carries_names_in_order_and_restarts_each_interval() ->
     assert timer.names == ("data", "step")
 
 
-def _reduce(job: SimulatedJob, sections: dict[int, np.ndarray | None]) -> dict[int, object]:
+def _reduce(job: SimulatedJob, sections: dict[int, SectionTail | None]) -> dict[int, object]:
     reducers = {r: MetricReducer(job.rank(r), metric_reduce={}, primary_rank=0, strict_keys=False,
                                  warn=lambda message, key: None) for r in sections}
     call = CallInfo("log_metrics", 1)
@@ -83,11 +90,11 @@ def _reduce(job: SimulatedJob, sections: dict[int, np.ndarray | None]) -> dict[i
                                                              sections=sections[r]), call) for r in sections})
 
 
-def _tail(*times: float, names=("data", "step")) -> np.ndarray:
+def _tail(*times: float, names=("data", "step")) -> SectionTail:
     timer = SectionTimer()
     for name, seconds in zip(names, times):
         timer.add(name, seconds)
-    return timer.take()
+    return SectionTail(timer.take(), timer.names)
 
 
 @pytest.mark.parametrize("world,per_node", [(4, 4), (8, 2), (16, 4), (64, 8)])

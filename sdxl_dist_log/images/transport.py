@@ -16,12 +16,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from sdxl_dist_log.errors import ImageInputError
 from sdxl_dist_log.framing import CallInfo
-from sdxl_dist_log.hierarchy import STAGE_HEADER, CallState, Steps, bytes_to_primary, call_rounds
+from sdxl_dist_log.hierarchy import STAGE_HEADER, Steps, bytes_to_primary, call_rounds
 from sdxl_dist_log.images.convert import CHANNELS, image_error
 from sdxl_dist_log.topology import Topology
 
@@ -206,12 +207,21 @@ class Gathered:
     offered: int
     shares: dict[int, int]
 
+    def over_cap(self, cap: int, call: CallInfo) -> str | None:
+        """The warning to give when more images were offered than ``cap``, else None."""
+        if self.offered <= cap:
+            return None
+        return (f"{call}: {self.offered} images offered, logging {cap} (max_images_to_log); images per sending rank "
+                f"{self.shares}")
 
-def gather_steps(topology: Topology, state: CallState, images: Sequence[np.ndarray], captions: Sequence[str | None],
-                 cap: int, call: CallInfo, error: Exception | None) -> Steps:
+
+def gather_steps(rank: Any, images: Sequence[np.ndarray], captions: Sequence[str | None], cap: int, call: CallInfo,
+                 error: Exception | None) -> Steps:
     """One ``log_images`` call as the steps ``Collectives.run`` drives: the offers, then the shares' bytes.
 
     Args:
+        rank: where this rank sits and its calls' shared state: a ``Collectives`` (``.topology``, ``.state``), or a
+            simulated rank.
         images: this rank's uint8 (H, W, C) images; empty when ``error``.
         error: what was wrong with this rank's input, or None: the flagged offer still travels, and every rank
             raises.
@@ -219,10 +229,11 @@ def gather_steps(topology: Topology, state: CallState, images: Sequence[np.ndarr
     Raises:
         ImageInputError: some rank's images or captions were invalid (every rank raises, naming the ranks).
     """
+    topology: Topology = rank.topology
     encoded = encode_captions(captions)
     stage = ImageStage(cap)
     outcome = yield from call_rounds(topology, pack_offer(images, encoded, cap, failed=error is not None), call, stage,
-                                     state)
+                                     rank.state)
     failed, count = stage.failed_ranks(outcome.stage)
     if count:
         own = f": {error}" if error is not None else ""
