@@ -158,7 +158,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory, in_child: Callable[..., An
     return in_child(_small_run, tmp_path_factory.mktemp("inspected"))
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(300)
 def test_inspect_prints_the_summary(run_dir: str) -> None:
     """``inspect RUN_DIR`` exits 0 and prints the run id, project, exit code and the logged keys."""
     from sdxl_dist_log.offline import read_run
@@ -170,7 +170,7 @@ def test_inspect_prints_the_summary(run_dir: str) -> None:
     assert "metrics/loss" in done.stdout and "metrics/part_b" in done.stdout
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(300)
 def test_inspect_bad_path_exits_2_with_a_message(tmp_path: Path) -> None:
     """A missing path, or a folder without runs, exits 2 with a one-line reason and no traceback."""
     missing = tmp_path / "nowhere"

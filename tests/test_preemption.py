@@ -8,7 +8,6 @@ tested in a subprocess.
 from __future__ import annotations
 
 import logging
-import logging.handlers
 import signal
 import subprocess
 import sys
@@ -32,16 +31,6 @@ def saved_handlers() -> Iterator[None]:
     yield
     for sig, handler in saved.items():
         signal.signal(sig, handler)
-
-
-@pytest.fixture
-def records() -> Iterator[logging.handlers.BufferingHandler]:
-    handler = logging.handlers.BufferingHandler(capacity=1_000)
-    logger = logging.getLogger("test_preemption")
-    logger.addHandler(handler)
-    logger.propagate = False
-    yield handler
-    logger.removeHandler(handler)
 
 
 def _chain(events: list[str], fail: bool = False) -> SignalChain:
@@ -92,7 +81,7 @@ def test_each_signal_hands_on_to_its_own_previous_handler() -> None:
     assert events[1:] == ["ours SIGUSR1", "previous SIGUSR1 frame=True"]
 
 
-def test_a_failing_callback_still_hands_the_signal_on(records: logging.handlers.BufferingHandler) -> None:
+def test_a_failing_callback_still_hands_the_signal_on(caplog: pytest.LogCaptureFixture) -> None:
     """A close-down that raises is reported as one error naming the signal, never raised into the interrupted code,
     and the previous handler still runs."""
     events: list[str] = []
@@ -100,7 +89,7 @@ def test_a_failing_callback_still_hands_the_signal_on(records: logging.handlers.
     _chain(events, fail=True).install([signal.SIGUSR1])
     signal.raise_signal(signal.SIGUSR1)
     assert events == ["ours SIGUSR1", "previous SIGUSR1 frame=True"]
-    errors = [r.getMessage() for r in records.buffer if r.levelno >= logging.ERROR]
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == ["closing down on SIGUSR1 failed: disk full"]
 
 

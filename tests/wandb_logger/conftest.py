@@ -1,4 +1,4 @@
-"""Fixtures of the WandbLogger tests: reading one row, or one image's pixels, back from a run."""
+"""Fixtures of the WandbLogger tests: a single-process scenario and its run, one row or one image's pixels read back."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdxl_dist_log.offline import OfflineRun
+from sdxl_dist_log.offline import OfflineRun, read_run
 
 
 def _row_with(run: OfflineRun, key: str, step: int | None = None) -> dict[str, Any]:
@@ -37,3 +37,16 @@ def row_with() -> Callable[..., dict[str, Any]]:
 def png() -> Callable[..., np.ndarray]:
     """``png(run, key, index=0, step=None)``: RGB pixels of the ``index``-th image logged under ``key``, from disk."""
     return _png
+
+
+@pytest.fixture(scope="session")
+def scenario(tmp_path_factory: pytest.TempPathFactory, in_child: Callable[..., Any]) -> Callable[..., dict[str, Any]]:
+    """``scenario(fn, name)``: ``fn()``'s dict, run by ``in_child`` under a new folder ``name``, with ``run`` added:
+    the run at its ``run_dir``, read back. One child serves every test of a module (one wandb-core start)."""
+
+    def run(fn: Callable[[], dict[str, Any]], name: str) -> dict[str, Any]:
+        out = in_child(fn, tmp_path_factory.mktemp(name))
+        out["run"] = read_run(out["run_dir"])
+        return out
+
+    return run

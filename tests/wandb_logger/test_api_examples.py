@@ -23,7 +23,7 @@ from PIL import Image
 
 from sdxl_dist_log.offline import find_run_dirs, read_run
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = pytest.mark.timeout(300)
 
 QUICKSTART_MD = Path(__file__).resolve().parents[2] / "docs" / "quickstart.md"
 

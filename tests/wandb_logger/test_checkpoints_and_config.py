@@ -16,7 +16,7 @@ from sdxl_dist_log import WandbConfig, WandbLogger
 from sdxl_dist_log.launch.local import run_ranks, values_or_raise
 from sdxl_dist_log.offline import read_run
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = pytest.mark.timeout(300)
 
 REDACTED = "***redacted***"
 
@@ -147,7 +147,7 @@ def test_model_and_config_calls_never_block_other_ranks(tmp_path: Path, make_log
             wb.log_metrics({"x": 1.0}, step=0)  # still in step with each other
             return uploaded
 
-    assert values_or_raise(run_ranks(body, 2, timeout=120)) == [[True, True], [False]]
+    assert values_or_raise(run_ranks(body, 2, timeout=240)) == [[True, True], [False]]
     run = only_run(tmp_path / "runs")
     versions = [a for a in run.artifacts if a.name == "ckpt"]
     assert len(versions) == 2 and len({a.digest for a in versions}) == 2

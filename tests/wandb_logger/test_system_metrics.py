@@ -21,10 +21,10 @@ from sdxl_dist_log import LogConfig, UnifiedLogger, WandbConfig, WandbLogger
 from sdxl_dist_log.launch.local import run_ranks, values_or_raise
 from sdxl_dist_log.offline import OfflineRun, read_run
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = pytest.mark.timeout(300)
 
-WAIT_S = 60.0
-"""How long a case waits for a system row before it fails."""
+WAIT_S = 120.0
+"""How long a case waits for a system row before it fails; only a sampler that never delivers reaches it."""
 
 
 def _rows_so_far(run_dir: str, key: str) -> list[dict[str, Any]]:
@@ -62,7 +62,7 @@ def _one_process() -> dict[str, Any]:
         deadline = time.monotonic() + WAIT_S
         while not _rows_so_far(wb.run_dir, "system/cpu/percent"):
             assert time.monotonic() < deadline, f"no system row reached the run within {WAIT_S:g} s"
-            time.sleep(0.05)
+            time.sleep(0.2)
         wb.log_metrics({"loss": 1.0}, step=1)
         out["run_dir"] = os.path.abspath(wb.run_dir)
     out["log"] = Path(log.log_path).read_text()
@@ -70,10 +70,8 @@ def _one_process() -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def system(tmp_path_factory: pytest.TempPathFactory, in_child: Callable[..., Any]) -> dict[str, Any]:
-    out = in_child(_one_process, tmp_path_factory.mktemp("system"))
-    out["run"] = read_run(out["run_dir"])
-    return out
+def system(scenario: Callable[..., dict[str, Any]]) -> dict[str, Any]:
+    return scenario(_one_process, "system")
 
 
 def test_first_cpu_percent_is_primed(system: dict[str, Any]) -> None:
@@ -121,10 +119,10 @@ def test_every_gpu_of_every_simulated_node_reaches_the_run_with_hostnames(tmp_pa
                 if logged["metrics/seen"] == 1.0:
                     break
                 assert time.monotonic() < deadline, f"no row with node 1's GPUs within {WAIT_S:g} s"
-                time.sleep(0.05)
+                time.sleep(0.2)
             return wb.rank_info.node_rank
 
-    assert values_or_raise(run_ranks(body, 3, rank_env=rank_env, timeout=150)) == [0, 0, 1]
+    assert values_or_raise(run_ranks(body, 3, rank_env=rank_env, timeout=2 * WAIT_S)) == [0, 0, 1]
     run = only_run(tmp_path)
     rows = [row for row in run.history if "system/node1/gpu1/utilization" in row]
     assert rows, f"no row with both nodes; keys seen: {sorted({k for r in run.history for k in r})[:40]}"
