@@ -44,6 +44,7 @@ def _jsonl(path: Path) -> list[dict]:
 
 # -- files ------------------------------------------------------------------------------------------------------
 def test_one_log_and_one_metrics_file_per_rank(tmp_path: Path) -> None:
+    """Each rank writes its own text log and metrics JSONL, and only its own lines: no other file appears."""
     logs = [_logger(tmp_path, r, name="train") for r in (0, 1)]
     try:
         for step in range(3):

@@ -225,8 +225,9 @@ def test_unreachable_server_falls_back_and_training_goes_on(unreachable: dict[st
 
 @pytest.mark.slow
 def test_unreachable_server_falls_back_to_offline_with_one_warning(unreachable: dict[str, Any]) -> None:
-    """The offline run keeps the run id (the failed attempt's directory is removed, and wandb-core no longer holds
-    the id, which once made the offline init fail too), one warning says why, and the row lands."""
+    """The offline run keeps the run id and is the only directory with it (the failed attempt's is removed, and a
+    fresh wandb-core accepts the id, which the one that saw the failed attempt refuses as in use); one warning says
+    why, and the row lands."""
     identity = unreachable["identity"]
     assert [d for d in unreachable["run_dirs"] if "-" + identity["run_id"] in d] == [Path(unreachable["run_dir"]).name]
     warnings = [m for _, level, m in unreachable["records"] if level == "WARNING"]
