@@ -24,8 +24,7 @@ WAIT_S = 30.0
 def threaded() -> Iterator[Dispatcher]:
     dispatcher = Dispatcher(threaded=True)
     yield dispatcher
-    if dispatcher._worker is not None and dispatcher._worker.is_alive():  # a second close would wait its timeout
-        assert dispatcher.close(WAIT_S)
+    assert dispatcher.close(WAIT_S)
 
 
 def _blocked(dispatcher: Dispatcher) -> tuple[threading.Event, threading.Event]:
@@ -156,3 +155,4 @@ def test_close_runs_what_was_queued_then_stops_the_worker(threaded: Dispatcher) 
     assert threaded.close(WAIT_S) is True
     assert ran == list(range(10))
     assert worker is not None and not worker.is_alive()
+    assert threaded.close(0.0) is True and threaded.drain(0.0) is True  # closed: nothing left to wait for
