@@ -1,6 +1,6 @@
 """A small real training loop that uses every call of the API; ``sdxl-dist-log demo`` runs it on N ranks.
 
-Run it under any launcher (``torchrun -m sdxl_dist_log.demo``, SLURM, submitit) or let ``demo`` spawn the ranks
+Run it under any launcher (``torchrun -m sdxl_dist_log.cli demo``, SLURM, submitit) or let ``demo`` spawn the ranks
 itself on this machine (gloo on CPU, NCCL when every rank has a GPU).
 """
 
@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
-import sys
 import time
-from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -190,14 +188,3 @@ def run(nproc: int = 2, **train_options: Any) -> int:
     print(f"sync it later with: wandb sync {run_dir}\n")
     print(format_run(read_run(run_dir)))
     return 0
-
-
-def main(argv: Sequence[str] | None = None, prog_name: str = "python -m sdxl_dist_log.demo") -> int:
-    """Run the ``demo`` command with ``argv`` (None: ``sys.argv[1:]``); returns the exit status."""
-    from sdxl_dist_log.cli import demo_command, run_command
-
-    return run_command(demo_command, argv, prog_name)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
