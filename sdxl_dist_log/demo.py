@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sdxl_dist_log.config import LogConfig, WandbConfig
+from sdxl_dist_log.ranks import Launch
 
 _DEMO_TIMEOUT_S = 30 * 60  # a demo of thousands of steps still ends; a wedged rank does not hang the terminal
 
@@ -51,10 +52,11 @@ def train(
     from sdxl_dist_log.wandb_logger import WandbLogger
 
     owns_group = False
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+    placement = Launch.from_env(os.environ).rank  # a training script reads its launcher's variables once, here
+    if placement.world_size > 1 and not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(placement.local_rank)
         dist.init_process_group(backend, timeout=timedelta(seconds=120))
         owns_group = True
     rank = dist.get_rank() if dist.is_initialized() else 0
@@ -178,7 +180,7 @@ def run(nproc: int = 2, **train_options: Any) -> int:
     Raises:
         ValueError: ``nproc`` < 1 without a launcher.
     """
-    under_launcher = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    under_launcher = "RANK" in os.environ and "WORLD_SIZE" in os.environ  # torchrun's (or submitit's) workers
     run_dir = train(**train_options) if under_launcher else run_local(nproc, **train_options)
     if run_dir is None:
         return 0
