@@ -19,7 +19,8 @@ every rank together by an uncounted control group (``bench_metrics.Control``); "
 gather pattern of the same cell (the goal: ours <= 1.2). Counts come from ``CollectiveProbe`` in a separate pass.
 
 Run:      python benchmarks/bench_peers.py                       (--ranks 2 4 8 --keys 8 64 256)
-Options:  --iters 60 --rounds 4 --cell-seconds 2 --no-offline --patterns ours acc_gather ...
+          python benchmarks/bench_peers.py --paired --patterns ours ours_offline acc_gather --iters 300
+Options:  --iters 60 --rounds 4 --cell-seconds 2 --no-offline --patterns ours acc_gather ... --paired
 """
 
 from __future__ import annotations
@@ -110,8 +111,19 @@ def _child(rank: int, world: int, cfg: dict[str, Any]) -> dict[str, Any]:
                 probe.uninstall()
             cell[p].update(coll=sum(probe.api.values()), wire=sum(probe.wire.values()), sent=probe.sent)
             control.go(False)
+        if cfg["paired"]:  # call by call, each pattern in turn: slow swings of a shared machine's load hit all alike
+            for i in range(cfg["iters"]):
+                for p in names:
+                    control.go(False)
+                    t0 = time.perf_counter()
+                    fns[p](i + 2)
+                    cell[p]["samples"].append(time.perf_counter() - t0)
+            base = cell.get("acc_gather", {}).get("samples")
+            for p in names:
+                if base:
+                    cell[p]["pair_ratio"] = float(np.median(np.array(cell[p]["samples"]) / np.array(base)))
         iters = max(1, cfg["iters"] // cfg["rounds"])
-        for _ in range(cfg["rounds"]):
+        for _ in range(0 if cfg["paired"] else cfg["rounds"]):
             for p in names:
                 cell[p]["samples"] += control.timed(fns[p], iters=iters, seconds=cfg["cell_seconds"] / cfg["rounds"],
                                                     minimum=2, warmup=1)
@@ -125,14 +137,16 @@ def _child(rank: int, world: int, cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def print_table(world: int, results: dict[str, Any]) -> None:
-    print(f"{'keys':>5}  {'pattern':<33} {'median us':>10} {'p90 us':>9} {'calls':>5} {'x acc':>6} {'coll/call':>9} "
-          f"{'wire':>5} {'B sent/rank':>11}")
+    paired = any("pair_ratio" in r for cell in results.values() for r in cell.values())
+    print(f"{'keys':>5}  {'pattern':<33} {'median us':>10} {'p90 us':>9} {'calls':>5} {'x acc':>6} "
+          + (f"{'pairs x':>7} " if paired else "") + f"{'coll/call':>9} {'wire':>5} {'B sent/rank':>11}")
     for n, cell in results.items():
         floor = cell.get("acc_gather", {}).get("median_us", float("nan"))
         for p, r in cell.items():
             label = LABELS[p] + ("" if r["correct"] else "  WRONG VALUES")
+            pair = f"{r.get('pair_ratio', float('nan')):>7.2f} " if paired else ""
             print(f"{n:>5}  {label:<33} {r['median_us']:>10.1f} {r['p90_us']:>9.1f} {r['calls']:>5} "
-                  f"{r['median_us'] / floor:>6.2f} {r['coll']:>9g} {r['wire']:>5g} {r['sent']:>11,}")
+                  f"{r['median_us'] / floor:>6.2f} {pair}{r['coll']:>9g} {r['wire']:>5g} {r['sent']:>11,}")
         print()
 
 
@@ -145,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cell-seconds", type=float, default=2.0, help="time cap per pattern and cell")
     parser.add_argument("--patterns", nargs="+", default=list(PATTERNS), choices=PATTERNS)
     parser.add_argument("--no-offline", action="store_true")
+    parser.add_argument("--paired", action="store_true",
+                        help="time the patterns call by call in turn (--iters calls each) and print the median of the "
+                             "per-call ratios to the Accelerate gather ('pairs x'); for a loaded machine")
     args = parser.parse_args(argv)
     patterns = [p for p in args.patterns if not (args.no_offline and p == "ours_offline")]
     import accelerate
@@ -160,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         env = wandb_environment(tmp)
         for world in args.ranks:
             cfg = dict(keys=args.keys, iters=args.iters, rounds=args.rounds, cell_seconds=args.cell_seconds,
-                       patterns=patterns, tmp=os.path.join(tmp, f"w{world}"))
+                       patterns=patterns, tmp=os.path.join(tmp, f"w{world}"), paired=args.paired)
             t0 = time.perf_counter()
             values = run_world(_child, world, cfg, env=env, timeout=3600)
             print(f"\n== {world} rank(s)  ({time.perf_counter() - t0:.1f} s wall, load avg "

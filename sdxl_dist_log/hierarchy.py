@@ -348,11 +348,26 @@ def object_from_primary(topology: Topology, obj: Any) -> Steps:
 def decided_at_primary(topology: Topology, obj: Any, decide_fn: Any) -> Steps:
     """``decide_fn(every rank's obj by rank)``, computed where all of them are and returned on every rank.
 
-    ``decide_fn`` must not raise (return a value that describes the failure instead), so every rank gets the same.
+    ``decide_fn`` should return a value that describes an expected failure rather than raise; anything it raises all
+    the same reaches every rank as a ``CollectiveError`` (no rank is left waiting for the others).
     """
     everyone = yield from objects_to_primary(topology, obj)
-    outcome = decide_fn(everyone) if everyone is not None else None
-    return (yield from object_from_primary(topology, outcome))
+    outcome: Any = None
+    if everyone is not None:
+        try:
+            outcome = decide_fn(everyone)
+        except Exception as exc:  # a defect where the decision is made: every rank must learn it
+            outcome = _Failed(f"{type(exc).__name__}: {exc}")
+    outcome = yield from object_from_primary(topology, outcome)
+    if isinstance(outcome, _Failed):
+        raise CollectiveError(f"rank {topology.primary} failed to decide a logging call: {outcome.reason}. Logging "
+                              "collectives are off from here on; training is not affected.")
+    return outcome
+
+
+@dataclass(frozen=True)
+class _Failed:
+    reason: str
 
 
 def bytes_to_primary(topology: Topology, sizes: dict[int, int], payload: np.ndarray) -> Steps:

@@ -168,12 +168,16 @@ class RankDirectory:
         self._store.set(f"{self._prefix}/{rank}", json.dumps(dict(record)))
 
     def everyone(self) -> dict[int, dict[str, Any]]:
-        """Every rank's record (they published at construction, before any call); read once."""
+        """Every rank's record (they published at construction, before any call); read once. What is known so far
+        when the store cannot be read (its host gone): naming hosts is not worth failing a logging call for."""
         if len(self._known) < self._world_size:
             keys = [f"{self._prefix}/{r}" for r in range(self._world_size)]
-            raw = self._store.multi_get(keys) if hasattr(self._store, "multi_get") else [self._store.get(k)
-                                                                                       for k in keys]
-            self._known = {r: json.loads(value) for r, value in enumerate(raw)}
+            try:
+                raw = self._store.multi_get(keys) if hasattr(self._store, "multi_get") else [self._store.get(k)
+                                                                                           for k in keys]
+                self._known = {r: json.loads(value) for r, value in enumerate(raw)}
+            except Exception:  # DistStoreError, a lost connection, a record cut short
+                return dict(self._known)
         return self._known
 
     def describe(self, rank: int) -> str:

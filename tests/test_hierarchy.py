@@ -89,6 +89,16 @@ def test_objects_and_bytes_reach_the_primary_only(per_node: int) -> None:
         assert all(v is None for r, v in got.items() if r != 0)
 
 
+@pytest.mark.parametrize("per_node", [2, 8])
+def test_a_decision_that_fails_reaches_every_rank_as_an_error(per_node: int) -> None:
+    def broken(everyone: list[int]) -> int:
+        raise KeyError("a defect")
+
+    job = SimulatedJob(Layout.regular(8, per_node))
+    out = job.run({r: decided_at_primary(job.topology(r), r, broken) for r in range(8)})
+    assert all(type(v) is CollectiveError and "KeyError" in str(v) for v in out.values())
+
+
 # -- real processes on simulated nodes --------------------------------------------------------------------------------
 WORLD, PER_NODE = 6, 2  # three nodes: rank 0 leads node 0 (the primary), 2 and 4 lead theirs
 
