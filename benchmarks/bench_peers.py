@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import sys
 import tempfile
 import time
@@ -112,8 +113,9 @@ def _child(rank: int, world: int, cfg: dict[str, Any]) -> dict[str, Any]:
             cell[p].update(coll=sum(probe.api.values()), wire=sum(probe.wire.values()), sent=probe.sent)
             control.go(False)
         if cfg["paired"]:  # call by call, each pattern in turn: slow swings of a shared machine's load hit all alike
+            order = random.Random(n)  # the same shuffles on every rank: no pattern always runs first
             for i in range(cfg["iters"]):
-                for p in names:
+                for p in order.sample(names, len(names)):
                     control.go(False)
                     t0 = time.perf_counter()
                     fns[p](i + 2)
@@ -160,8 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--patterns", nargs="+", default=list(PATTERNS), choices=PATTERNS)
     parser.add_argument("--no-offline", action="store_true")
     parser.add_argument("--paired", action="store_true",
-                        help="time the patterns call by call in turn (--iters calls each) and print the median of the "
-                             "per-call ratios to the Accelerate gather ('pairs x'); for a loaded machine")
+                        help="time the patterns call by call, in a shuffled order each time (--iters calls each), and "
+                             "print the median of the per-call ratios to the Accelerate gather ('pairs x'); for a "
+                             "loaded machine")
     args = parser.parse_args(argv)
     patterns = [p for p in args.patterns if not (args.no_offline and p == "ours_offline")]
     import accelerate
