@@ -173,8 +173,10 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"bench_peers: {machine_line()}")
     print(f"peers: accelerate {accelerate.__version__}, lightning {lightning.__version__}, torchmetrics "
-          f"{torchmetrics.__version__}; gloo, CPU; iters<={args.iters} in {args.rounds} interleaved rounds, cap "
-          f"{args.cell_seconds} s per pattern and cell; times: rank 0, median per call")
+          f"{torchmetrics.__version__}; gloo, CPU; "
+          + (f"paired: {args.iters} calls per pattern, one of each in a shuffled order at a time" if args.paired else
+             f"iters<={args.iters} in {args.rounds} interleaved rounds, cap {args.cell_seconds} s per pattern and cell")
+          + "; times: rank 0, median per call")
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench_peers_") as tmp:
         env = wandb_environment(tmp)
