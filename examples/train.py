@@ -11,7 +11,7 @@ ranks; a copy of it is where a real training script would start.
 
 import sys
 
-from sdxl_dist_log.demo import main
+from sdxl_dist_log.cli import demo_command, run_command
 
 if __name__ == "__main__":
-    sys.exit(main(prog_name=f"python {sys.argv[0]}"))
+    sys.exit(run_command(demo_command, sys.argv[1:], f"python {sys.argv[0]}"))

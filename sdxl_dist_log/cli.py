@@ -3,8 +3,8 @@
 Every option of every subcommand is declared here, so ``--help`` shows each default and choice, and one parser
 handles the whole command line, ``submit``'s ``--`` included. A user error (a bad value, a missing argument, an
 unknown option, a path that holds no run) ends in one line on stderr and exit status 2, never a traceback.
-:func:`main` is the console entry point; :func:`run_command` runs one command the same way (``python -m
-sdxl_dist_log.demo`` uses it).
+:func:`main` is the console entry point (also ``python -m sdxl_dist_log.cli``, which torchrun runs as
+``torchrun -m sdxl_dist_log.cli demo``); :func:`run_command` runs one command the same way (``examples/train.py``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """A small real training loop that uses every call of the API; ``sdxl-dist-log demo`` runs it on N ranks.
 
-Run it under any launcher (``torchrun -m sdxl_dist_log.demo``, SLURM, submitit) or let ``demo`` spawn the ranks
+Run it under any launcher (``torchrun -m sdxl_dist_log.cli demo``, SLURM, submitit) or let ``demo`` spawn the ranks
 itself on this machine (gloo on CPU, NCCL when every rank has a GPU).
 """
 
@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import functools
 import os
-import sys
 import time
-from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from sdxl_dist_log.config import LogConfig, WandbConfig
+from sdxl_dist_log.ranks import Launch
 
 _DEMO_TIMEOUT_S = 30 * 60  # a demo of thousands of steps still ends; a wedged rank does not hang the terminal
 
@@ -53,10 +52,11 @@ def train(
     from sdxl_dist_log.wandb_logger import WandbLogger
 
     owns_group = False
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+    placement = Launch.from_env(os.environ).rank  # a training script reads its launcher's variables once, here
+    if placement.world_size > 1 and not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(placement.local_rank)
         dist.init_process_group(backend, timeout=timedelta(seconds=120))
         owns_group = True
     rank = dist.get_rank() if dist.is_initialized() else 0
@@ -180,7 +180,7 @@ def run(nproc: int = 2, **train_options: Any) -> int:
     Raises:
         ValueError: ``nproc`` < 1 without a launcher.
     """
-    under_launcher = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    under_launcher = "RANK" in os.environ and "WORLD_SIZE" in os.environ  # torchrun's (or submitit's) workers
     run_dir = train(**train_options) if under_launcher else run_local(nproc, **train_options)
     if run_dir is None:
         return 0
@@ -207,13 +207,3 @@ def _write_report(run_dir: Path, run_id: str) -> str:
     path = write_report(attempts or [run_dir], run_dir.parent / f"report-{run_id}.html")
     return f"report: {path} (open it in a browser; it needs no network)"
 
-
-def main(argv: Sequence[str] | None = None, prog_name: str = "python -m sdxl_dist_log.demo") -> int:
-    """Run the ``demo`` command with ``argv`` (None: ``sys.argv[1:]``); returns the exit status."""
-    from sdxl_dist_log.cli import demo_command, run_command
-
-    return run_command(demo_command, argv, prog_name)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

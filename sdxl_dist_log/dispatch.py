@@ -37,15 +37,15 @@ class Dispatcher:
 
     def drain(self, timeout: float) -> bool:
         """Wait until every submitted job ran; False if that took longer than ``timeout`` seconds."""
-        if self._worker is None:
+        if self._worker is None or not self._worker.is_alive():  # inline, or closed: nothing is queued
             return True
         done = threading.Event()
         self._queue.put(done.set)
         return done.wait(timeout)
 
     def close(self, timeout: float) -> bool:
-        """Drain, then stop the worker. Returns False if jobs were still running at the timeout."""
-        if self._worker is None:
+        """Drain, then stop the worker. Returns False if jobs were still running at the timeout. Idempotent."""
+        if self._worker is None or not self._worker.is_alive():
             return True
         start = time.monotonic()
         drained = self.drain(timeout)

@@ -13,7 +13,8 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import Any
 
@@ -33,6 +34,7 @@ from sdxl_dist_log.preemption import DEFAULT_SIGNALS, SignalChain
 from sdxl_dist_log.ranks import Launch, RankInfo
 from sdxl_dist_log.reduction import MetricReducer, PreparedMetrics
 from sdxl_dist_log.runconfig import deep_merge, redact_secrets
+from sdxl_dist_log.straggler import StragglerView
 
 _log = logging.getLogger("sdxl_dist_log")
 
@@ -51,6 +53,7 @@ class WandbLogger:
         env: the environment to read the launch from (rank, job ids, ``SDXL_DIST_LOG_*`` overrides); ``os.environ``
             when None. It is read once, here.
         nvml: an NVML module (or a test double with its API) to sample GPUs with; ``pynvml`` when None.
+        clock: seconds, monotonic, for ``section`` timings; ``time.perf_counter`` when None.
 
     Example:
         >>> with WandbLogger(WandbConfig(project="sdxl", mode="offline")) as wb:  # doctest: +SKIP
@@ -65,6 +68,7 @@ class WandbLogger:
         rank_info: RankInfo | None = None,
         env: Mapping[str, str] | None = None,
         nvml: Any | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.config = config if isinstance(config, WandbConfig) else WandbConfig.from_dict(config or {})
         self._log = logger if isinstance(logger, logging.Logger) else getattr(logger, "logger", None) or _log
@@ -72,8 +76,8 @@ class WandbLogger:
         if rank_info is not None:
             launch = dataclasses.replace(launch, rank=rank_info)
         cfg, rank = self.config, launch.rank
-        self._collectives = Collectives.create(rank=rank.rank, world_size=rank.world_size,
-                                               timeout=cfg.collective_timeout)
+        self._collectives = Collectives.create(rank=rank.rank, world_size=rank.world_size, launch=launch,
+                                               timeout=cfg.collective_timeout, primary=cfg.primary_rank)
         if self._collectives.active:
             rank = rank.with_process_group(self._collectives.rank, self._collectives.world_size)
             launch = dataclasses.replace(launch, rank=rank)
@@ -99,6 +103,8 @@ class WandbLogger:
         self._metrics = MetricReducer(
             self._collectives, metric_reduce=cfg.metric_reduce, primary_rank=cfg.primary_rank,
             strict_keys=cfg.strict_keys, warn=lambda message, key: self.is_primary and self._warn(message, key))
+        self._stragglers = StragglerView.start(self._collectives, rank, cfg, primary=self.is_primary, clock=clock,
+                                               warn=self._warn, merge_config=self._merge_run_config)
         self._dispatcher = Dispatcher(threaded=cfg.async_metrics)
         self._system = self._start_system_metrics()
         self._signals = SignalChain(self._close_on_signal, self._log)
@@ -169,7 +175,8 @@ class WandbLogger:
             MetricKeyMismatchError: with ``strict_keys``, ranks passed different keys (raised on every rank).
             CollectiveError: ranks did not all reach the call within ``collective_timeout`` (named).
         """
-        prepared = self._metrics.prepare(metrics, reduce, non_blocking=self._dispatcher.threaded)
+        sections = self._stragglers.take()
+        prepared = self._metrics.prepare(metrics, reduce, non_blocking=self._dispatcher.threaded, sections=sections)
         try:  # a bad step, like a bad value, must still reach the collective (as an error flag)
             step = checked_step(step, MetricValueError)
         except MetricValueError as exc:
@@ -186,10 +193,15 @@ class WandbLogger:
         return result[0] if result else None
 
     def _reduce_and_log(self, prepared: PreparedMetrics, call: CallInfo, prefix: str, commit: bool) -> dict[str, float]:
-        logged = apply_prefix(self._metrics.reduce(prepared, call), prefix)
+        reduced = self._metrics.reduce(prepared, call)
+        logged = apply_prefix(reduced.values, prefix)
         self._warn_if_degraded(call)
-        self._write_row(logged, call.step, commit)
+        self._write_row(self._stragglers.row(logged, prepared.sections, reduced.section_times), call.step, commit)
         return logged
+
+    def section(self, name: str) -> AbstractContextManager[None]:
+        """``with wb.section("data"):`` times a part of the step for the straggler view (``StragglerView.section``)."""
+        return self._stragglers.section(name)
 
     # -- images -------------------------------------------------------------------------------------------------
     def log_images(
@@ -244,28 +256,17 @@ class WandbLogger:
     def _gather_and_log_images(
         self, arrays: list[np.ndarray], captions: list[str | None], error: Exception | None, key: str, call: CallInfo
     ) -> int:
-        cap = self.config.max_images_to_log
-        encoded = transport.encode_captions(captions)
-        offer = transport.pack_offer(arrays, encoded, cap, failed=error is not None)
-        plan = transport.plan_gather(self._collectives.all_gather_rows(offer, call), cap)
-        if plan.failed_ranks:
-            own = f": {error}" if error is not None else ""
-            raise ImageInputError(f"{call}: ranks {plan.failed_ranks} passed invalid images or captions{own}; "
-                                  "nothing was logged")
-        if sum(plan.offered) > cap and self.is_primary:
-            self._warn(f"{call}: {sum(plan.offered)} images offered, logging {cap} (max_images_to_log); "
-                       f"per rank {plan.shares}", once_key="image-cap")
-        mine = plan.shares[self.rank_info.rank if self._collectives.active else 0]
-        payload = transport.pack_payload(arrays, encoded, mine)
-        buffers = self._collectives.gather_bytes(payload, plan.sizes, dst=self.config.primary_rank, call=call)
+        cap, collectives = self.config.max_images_to_log, self._collectives
+        gathered = collectives.run(transport.gather_steps(collectives, arrays, captions, cap, call, error), call)
         if not self.is_primary:
-            return mine
-        images, names = transport.unpack_payloads(plan, buffers, label_ranks=len(plan.shares) > 1)
+            return gathered.sent
+        if gathered.over_cap(cap, call):
+            self._warn(gathered.over_cap(cap, call), once_key="image-cap")
         self._warn_if_degraded(call)
-        if images:
+        if gathered.images:
             with self._lock:
-                self._backend.log_images(key, images, names, self._at_step(call.step))
-        return len(images)
+                self._backend.log_images(key, gathered.images, gathered.captions, self._at_step(call.step))
+        return len(gathered.images)
 
     # -- checkpoints and config ---------------------------------------------------------------------------------
     def log_model(
@@ -316,9 +317,7 @@ class WandbLogger:
             raise TypeError(f"log_config takes a mapping, got {type(values).__name__}")
         if not self.is_primary:
             return {}
-        clean = redact_secrets(values)
-        self._run_config = deep_merge(self._run_config, clean)
-        self._backend.update_config({k: self._run_config[k] for k in clean})
+        self._merge_run_config(redact_secrets(values))
         return dict(self._run_config)
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
@@ -394,8 +393,12 @@ class WandbLogger:
         known = self._run_config.get("sdxl_dist_log", {}).get("hostnames", {})
         named = {f"node{n}": host for n, host in sorted(hosts.items())}
         if named and named != known:
-            self._run_config = deep_merge(self._run_config, {"sdxl_dist_log": {"hostnames": named}})
-            self._backend.update_config({"sdxl_dist_log": self._run_config["sdxl_dist_log"]})
+            self._merge_run_config({"sdxl_dist_log": {"hostnames": named}})
+
+    def _merge_run_config(self, values: Mapping[str, Any]) -> None:
+        with self._lock:  # merged into the run config; the primary's run gets the top-level sections they touch
+            self._run_config = deep_merge(self._run_config, values)
+            self._backend.update_config({key: self._run_config[key] for key in values})
 
     def _warn_if_degraded(self, call: CallInfo) -> None:
         failure = self._collectives.failure

@@ -1,12 +1,18 @@
-"""The ``sdxl-dist-log`` command line (sdxl_dist_log.cli): help shows every default, parsing, one-line user errors.
+"""The ``sdxl-dist-log`` command line (sdxl_dist_log.cli): help shows every default, parsing, one-line user errors,
+and ``inspect`` run as the installed command.
 
-Everything here runs in this process through ``main(argv)``; the submit runs that start jobs are in
+Everything but the last section runs in this process through ``main(argv)``; the submit runs that start jobs are in
 tests/launch/test_slurm.py.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 import pytest
@@ -124,6 +130,59 @@ def test_submit_defaults_match_submit_function() -> None:
                  "executor", "folder", "job_name", "mem_gb"):
         assert ctx.params[name] == signature[name].default, name
     assert ctx.params["requeue"] is signature["checkpointable"].default is True
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# inspect, run as the installed command on a real run
+# ------------------------------------------------------------------------------------------------------------------
+SUBPROCESS_TIMEOUT_S = 90
+
+
+def _cli() -> list[str]:
+    script = Path(sys.executable).with_name("sdxl-dist-log")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "sdxl_dist_log.cli"]
+
+
+def _small_run() -> str:
+    from sdxl_dist_log import WandbConfig, WandbLogger
+
+    with WandbLogger(WandbConfig(project="inspected", mode="offline", dir="out", log_system_metrics=False)) as wb:
+        wb.log_metrics({"loss": 0.5, "lr": 1e-4}, step=0)
+        wb.log_metrics({"part_a": 1.0}, step=1, commit=False)
+        wb.log_metrics({"part_b": 2.0}, step=1)
+        return os.path.abspath(wb.run_dir)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory, in_child: Callable[..., Any]) -> str:
+    return in_child(_small_run, tmp_path_factory.mktemp("inspected"))
+
+
+@pytest.mark.timeout(300)
+def test_inspect_prints_the_summary(run_dir: str) -> None:
+    """``inspect RUN_DIR`` exits 0 and prints the run id, project, exit code and the logged keys."""
+    from sdxl_dist_log.offline import read_run
+
+    done = subprocess.run([*_cli(), "inspect", run_dir], capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S)
+    assert done.returncode == 0, done.stderr
+    assert f"run {read_run(run_dir).run_id}" in done.stdout
+    assert "project: inspected" in done.stdout and "exit: code 0" in done.stdout
+    assert "metrics/loss" in done.stdout and "metrics/part_b" in done.stdout
+
+
+@pytest.mark.timeout(300)
+def test_inspect_bad_path_exits_2_with_a_message(tmp_path: Path) -> None:
+    """A missing path, or a folder without runs, exits 2 with a one-line reason and no traceback."""
+    missing = tmp_path / "nowhere"
+    done = subprocess.run([*_cli(), "inspect", str(missing)], capture_output=True, text=True,
+                          timeout=SUBPROCESS_TIMEOUT_S)
+    assert done.returncode == 2
+    assert str(missing) in done.stderr and "Traceback" not in done.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    done = subprocess.run([*_cli(), "inspect", str(empty)], capture_output=True, text=True,
+                          timeout=SUBPROCESS_TIMEOUT_S)
+    assert done.returncode == 2 and "no run directories" in done.stderr
 
 
 # ------------------------------------------------------------------------------------------------------------------

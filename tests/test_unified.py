@@ -1,6 +1,7 @@
 """Tests of sdxl_dist_log.unified: per-rank files, console levels, progress arithmetic and handler lifecycle.
 
-Ranks are given as ``RankInfo`` values, so two "ranks" live in one process without torch.distributed.
+Ranks are given as ``RankInfo`` values, so two "ranks" live in one process without torch.distributed. LogConfig's
+validation is tested in tests/test_config.py.
 """
 
 from __future__ import annotations
@@ -9,9 +10,10 @@ import json
 import logging
 from pathlib import Path
 
+import psutil
 import pytest
 
-from sdxl_dist_log.config import LOG_LEVELS, ConfigError, LogConfig
+from sdxl_dist_log.config import LogConfig
 from sdxl_dist_log.ranks import RankInfo
 from sdxl_dist_log.unified import UnifiedLogger
 
@@ -42,6 +44,7 @@ def _jsonl(path: Path) -> list[dict]:
 
 # -- files ------------------------------------------------------------------------------------------------------
 def test_one_log_and_one_metrics_file_per_rank(tmp_path: Path) -> None:
+    """Each rank writes its own text log and metrics JSONL, and only its own lines: no other file appears."""
     logs = [_logger(tmp_path, r, name="train") for r in (0, 1)]
     try:
         for step in range(3):
@@ -51,6 +54,8 @@ def test_one_log_and_one_metrics_file_per_rank(tmp_path: Path) -> None:
     finally:
         for log in logs:
             log.close()
+    assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == [
+        "train.rank0.log", "train.rank0.metrics.jsonl", "train.rank1.log", "train.rank1.metrics.jsonl"]
     for r, log in enumerate(logs):
         assert log.log_path == tmp_path / "logs" / f"train.rank{r}.log"
         assert log.metrics_path == tmp_path / "logs" / f"train.rank{r}.metrics.jsonl"
@@ -192,6 +197,26 @@ def test_progress_clamps_and_stats(tmp_path: Path, bar: bool) -> None:
     assert "progress: 3/3 steps" in log.log_path.read_text()
 
 
+def test_progress_reaching_the_total_exactly_then_restarted(tmp_path: Path) -> None:
+    """Steps that land exactly on the total end with eta 0; later zero or overshooting steps keep it at the total;
+    restarting with total 0 or no total goes on counting; the log file records the finished bar."""
+    with UnifiedLogger(LogConfig(name="prog", log_dir=str(tmp_path)), rank_info=RankInfo()) as log:
+        log.start_progress(total=3)
+        for _ in range(3):
+            log.update_progress(1)
+        log.update_progress(0)
+        log.update_progress(5)
+        stats = log.progress_stats()
+        assert (stats["done"], stats["total"], stats["eta"]) == (3, 3, 0.0)
+        log.start_progress(total=0)
+        log.update_progress(1)
+        log.start_progress(total=None)
+        log.update_progress(2)
+        assert log.progress_stats()["done"] == 2
+        log.close_progress()
+    assert "progress: 3/3 steps" in (tmp_path / "prog.rank0.log").read_text()
+
+
 def test_progress_total_zero(tmp_path: Path) -> None:
     with _logger(tmp_path, progress=True, console=False) as log:
         log.start_progress(total=0)
@@ -260,6 +285,29 @@ def test_close_removes_and_closes_handlers(tmp_path: Path) -> None:
     assert _ours_attached(log, handlers) == []
 
 
+def test_no_log_file_stays_open_after_an_error_exit(tmp_path: Path) -> None:
+    """Leaving the context on an error logs it, and the process then holds neither the log nor the metrics file
+    open (as the OS sees it); a new logger of the same name and rank gets exactly one handler, so no line is
+    written twice."""
+    def open_paths() -> set[str]:
+        return {f.path for f in psutil.Process().open_files()}
+
+    log = _logger(tmp_path, name="h", console=False)
+    handlers = list(log.logger.handlers)
+    assert {str(log.log_path), str(log.metrics_path)} <= open_paths()
+    with pytest.raises(RuntimeError), log:
+        log.log_metrics({"a": 1}, step=0)
+        raise RuntimeError("boom")
+    assert log.logger.handlers == []
+    assert all(getattr(h, "stream", None) is None for h in handlers if isinstance(h, logging.FileHandler))
+    assert not {str(log.log_path), str(log.metrics_path)} & open_paths()
+    assert "exiting on RuntimeError: boom" in log.log_path.read_text()
+    with _logger(tmp_path, name="h", console=False) as again:
+        assert len(again.logger.handlers) == 1
+        again.info("second")
+    assert log.log_path.read_text().count("second") == 1
+
+
 def test_context_manager_closes_and_logs_exception(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="boom"):
         with _logger(tmp_path, console=False) as log:
@@ -297,51 +345,3 @@ def test_rank_from_environment_when_not_given(tmp_path: Path, monkeypatch: pytes
     with UnifiedLogger(LogConfig(log_dir=str(tmp_path), console=False)) as log:
         assert log.rank_info.rank == 1
         assert log.log_path == tmp_path / "sdxl.rank1.log"
-
-
-# -- LogConfig --------------------------------------------------------------------------------------------------
-def test_log_config_defaults() -> None:
-    cfg = LogConfig()
-    assert (cfg.name, cfg.level, cfg.log_dir, cfg.primary_rank) == ("sdxl", "INFO", "outputs/logs", 0)
-
-
-@pytest.mark.parametrize("level", ["debug", "Info", "WARNING", "error", "critical"])
-def test_log_config_level_case_insensitive(level: str) -> None:
-    assert LogConfig(level=level).level == level.upper()
-
-
-@pytest.mark.parametrize("level", ["VERBOSE", "warn", "", 20, None])
-def test_log_config_bad_level_lists_allowed(level) -> None:
-    with pytest.raises(ConfigError) as info:
-        LogConfig(level=level)
-    message = str(info.value)
-    assert "LogConfig.level" in message
-    for allowed in LOG_LEVELS:
-        assert repr(allowed) in message
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "fragment"),
-    [({"name": ""}, "LogConfig.name"), ({"primary_rank": -1}, "LogConfig.primary_rank"),
-     ({"primary_rank": True}, "LogConfig.primary_rank")],
-)
-def test_log_config_other_validation(kwargs: dict, fragment: str) -> None:
-    with pytest.raises(ConfigError, match=fragment):
-        LogConfig(**kwargs)
-
-
-def test_log_config_from_dict_unknown_key() -> None:
-    with pytest.raises(ConfigError) as info:
-        LogConfig.from_dict({"name": "x", "logdir": "y", "colour": True})
-    message = str(info.value)
-    assert "'colour', 'logdir'" in message
-    assert "known fields: name, level, log_dir" in message
-
-
-def test_log_config_from_dict_ok() -> None:
-    assert LogConfig.from_dict({"level": "debug", "progress": False}) == LogConfig(level="DEBUG", progress=False)
-
-
-def test_log_config_is_keyword_only() -> None:
-    with pytest.raises(TypeError):
-        LogConfig("name")  # type: ignore[misc]
