@@ -15,7 +15,7 @@ from sdxl_dist_log.report.columns import SYSTEM_GROUP, Column, DeviceKey, Metric
 from sdxl_dist_log.report.downsample import MAX_GRID_COLUMNS, MAX_LINE_POINTS, grid, grid_edges, minmax_points
 from sdxl_dist_log.report.figures import PALETTE, aligned, chart_layout, heatmap, line_traces, numbers
 from sdxl_dist_log.report.section import ChartIds, Raw, Section, chart_div, esc, note, table
-from sdxl_dist_log.report.stragglers import SectionScores, rank_places, straggler_sections
+from sdxl_dist_log.report.stragglers import MIN_SPREAD, SectionScores, rank_places, straggler_sections
 
 SCORE_COLORS = [[0.0, "#4393c3"], [0.5, "#f7f7f7"], [0.75, "#f4a582"], [1.0, "#b2182b"]]
 """Straggler scores: white at 1.0 (typical; the scale is centred there), blue faster, red slower."""
@@ -263,7 +263,7 @@ def stragglers_section(columns: Mapping[str, Column], config: Mapping[str, objec
                 "layout": chart_layout(f"{section.name}: spread (slowest / fastest rank)", step_key, legend=False),
             }
             divs.append(chart_div(chart_id))
-    headers = ["section", "slowest most often", "where", "times slowest", "its median score", "highest spread"]
+    headers = ["section", "slowest most often", "where", "intervals slowest", "its median score", "highest spread"]
     body = table(headers, rows) + '<div class="grid">' + "".join(divs) + "</div>"
     return Section("stragglers", "Stragglers", body, figures)
 
@@ -274,14 +274,13 @@ def _finite(column: Column) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _summary_row(section: SectionScores, places: Mapping[int, str]) -> list[object]:
-    counts = section.slowest_counts()
-    if not counts:
-        return [section.name, "-", "-", "-", "-", "-"]
-    rank, times = counts[0]
-    total = sum(c for _, c in counts)
-    median = section.median_score(rank)
+    counts, intervals = section.slowest_counts()
     spread = "-"
     if section.spread is not None and np.isfinite(section.spread.values).any():
         spread = f"{np.nanmax(section.spread.values):.3g}"
-    return [section.name, Raw(f"<b>rank {rank}</b>"), places.get(rank, "-"), f"{times} of {total}",
+    if not counts:
+        return [section.name, f"none (every interval within {MIN_SPREAD:g}x)", "-", f"0 of {intervals}", "-", spread]
+    rank, times = counts[0]
+    median = section.median_score(rank)
+    return [section.name, Raw(f"<b>rank {rank}</b>"), places.get(rank, "-"), f"{times} of {intervals}",
             "-" if median is None else f"{median:.3g}", spread]

@@ -24,6 +24,8 @@ import numpy as np
 from sdxl_dist_log.identity import CONFIG_SECTION
 from sdxl_dist_log.report.columns import STRAGGLER_PREFIX, Column
 
+MIN_SPREAD = 1.05
+"""An interval names its slowest rank when the slowest took at least this many times the fastest's time."""
 _SCORE_RE = re.compile(r"^straggler/(?P<section>.+)/score/rank(?P<rank>\d+)$")
 
 
@@ -37,19 +39,30 @@ class SectionScores:
     slowest: Column | None = None
     spread: Column | None = None
 
-    def slowest_counts(self) -> list[tuple[int, int]]:
-        """``(rank, times it was the slowest)``, most often first: from ``slowest_rank``, else from the scores."""
-        if self.slowest is not None and len(self.slowest.values):
-            counts = Counter(int(v) for v in self.slowest.values if np.isfinite(v))
+    def slowest_counts(self, min_spread: float = MIN_SPREAD) -> tuple[list[tuple[int, int]], int]:
+        """Who was the slowest how often: ``([(rank, intervals), ...] most often first, intervals in all)``.
+
+        An interval names its slowest rank only when the slowest took at least ``min_spread`` times the fastest's
+        time: when every rank took the same time, ``slowest_rank`` is rank 0 (the lowest on ties), which says
+        nothing. The slowest rank and the spread come from their keys, else from the scores.
+        """
+        by_step: dict[float, tuple[int, float]] = {}  # step -> (slowest rank, spread)
+        if self.slowest is not None and self.spread is not None and len(self.slowest.values):
+            spreads = dict(zip(self.spread.steps.tolist(), self.spread.values.tolist()))
+            for step, rank in zip(self.slowest.steps.tolist(), self.slowest.values.tolist()):
+                if np.isfinite(rank) and step in spreads:
+                    by_step[step] = (int(rank), spreads[step])
         else:
-            counts = Counter()
-            by_step: dict[float, tuple[float, int]] = {}
+            scores: dict[float, list[tuple[float, int]]] = {}
             for rank, column in self.scores.items():
-                for step, score in zip(column.steps, column.values):
-                    if np.isfinite(score) and (step not in by_step or score > by_step[step][0]):
-                        by_step[step] = (score, rank)
-            counts.update(rank for _, rank in by_step.values())
-        return sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+                for step, score in zip(column.steps.tolist(), column.values.tolist()):
+                    if np.isfinite(score):
+                        scores.setdefault(step, []).append((score, rank))
+            for step, ranked in scores.items():
+                (low, _), (high, rank) = min(ranked), max(ranked, key=lambda item: (item[0], -item[1]))
+                by_step[step] = (rank, high / low if low > 0 else float("inf"))
+        counts = Counter(rank for rank, spread in by_step.values() if spread >= min_spread)
+        return sorted(counts.items(), key=lambda item: (-item[1], item[0])), len(by_step)
 
     def median_score(self, rank: int) -> float | None:
         """The rank's median score over the run, or None without scores."""

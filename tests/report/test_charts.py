@@ -123,6 +123,15 @@ def test_straggler_section_heatmap_per_section_and_the_slowest_rank_named_with_i
     assert len(trace["z"][0]) == 10 and trace["z"][1][3:] == [2.5] * 7
     assert spread["data"][0]["y"] == [2.5] * 10
     assert "<b>rank 1</b></td><td>node-b/gpu5</td><td>7 of 10</td><td>2.5</td><td>2.5</td>" in section.body
+    assert "intervals slowest" in section.body
+
+
+def test_straggler_section_of_a_run_without_a_slow_rank_names_none() -> None:
+    rows = [{"s": step, "straggler/data/score/rank0": 1.0, "straggler/data/score/rank1": 1.0,
+             "straggler/data/slowest_rank": 0, "straggler/data/spread": 1.0} for step in range(5)]
+    section = stragglers_section(collect_columns(rows, "s"), {}, "s")
+    assert "none (every interval within 1.05x)</td><td>-</td><td>0 of 5</td>" in section.body
+    assert "<b>rank" not in section.body
 
 
 def test_straggler_section_of_a_run_without_scores_says_so() -> None:

@@ -1,8 +1,8 @@
 """The report of a real 2-rank run, opened in a real headless Chromium: every section there, every chart drawn.
 
 The run is made as on a cluster: two processes (gloo), offline W&B, simulated GPUs (``FakeNvml(gpus=2)``), images
-from every rank, a checkpoint artifact, and straggler scores under the keys the straggler view writes (logged
-directly here, rank 1 made slow from step 6 on). Chromium is Debian's package, driven by Playwright; without it the
+from every rank, a checkpoint artifact, and the straggler view's sections timed on an injected clock (rank 1 made
+slow in its data loading from step 6 on). Chromium is Debian's package, driven by Playwright; without it the
 test fails and says how to install it (``.ci/run`` installs it).
 
 ``SDXL_REPORT_SCREENSHOT=docs/img/report.png`` also writes a small copy of the screenshot there, for the docs.
@@ -28,8 +28,17 @@ TITLES = {"run": "Run and attempts", "metrics": "Metrics", "gpus": "GPUs", "stra
           "images": "Images", "system": "System", "artifacts": "Artifacts", "config": "Config"}
 
 
+class _Clock:
+    """The sections' clock, moved by the test: rank 1's data loading "takes" 3x as long from step 6 on."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def _train(out: str, rank: int) -> bool:
-    import statistics
     import time
 
     import torch
@@ -40,20 +49,19 @@ def _train(out: str, rank: int) -> bool:
     config = WandbConfig(project="report", mode="offline", dir=out, system_metrics_interval=0.2,
                          collective_timeout=30.0, max_images_to_log=4, config={"lr": 0.01},
                          metric_reduce={"loss_min": "min", "loss_max": "max"})
-    with WandbLogger(config, nvml=FakeNvml(gpus=2)) as wb:
+    clock = _Clock()
+    with WandbLogger(config, nvml=FakeNvml(gpus=2), clock=clock) as wb:
         for step in range(STEPS):
+            with wb.section("data"):
+                clock.now += 0.03 if rank == 1 and step >= 6 else 0.01
+            with wb.section("step"):
+                clock.now += 0.05
             loss = (1.0 + 0.3 * rank) / (step + 1)
             wb.log_metrics({"loss": loss, "loss_min": loss, "loss_max": loss, "lr": 0.01}, step=step)
-            times = [0.01, 0.03 if step >= 6 else 0.011]  # what each rank's data section took
-            median = statistics.median(times)
-            straggler = {f"straggler/data/score/rank{r}": t / median for r, t in enumerate(times)}
-            straggler.update({"straggler/data/slowest_rank": float(times.index(max(times))),
-                              "straggler/data/spread": max(times) / min(times)})
-            wb.log_metrics(straggler, step=step, prefix="", reduce="local")
             if step % 4 == 0:
                 wb.log_images(torch.rand(2, 3, 48, 48), captions=[f"step {step} sample {i}" for i in range(2)],
                               step=step)
-            time.sleep(0.1)  # system samples land during training
+            time.sleep(0.1)  # real time for the system sampler (its own thread and clock) to land rows
         path = Path(out) / "step_12.pt"
         if rank == 0:
             torch.save({"w": torch.zeros(4)}, path)
@@ -88,7 +96,9 @@ def test_report_of_a_two_rank_run_draws_every_section_in_chromium(tmp_path: Path
     for chart in page.charts:
         by_kind.setdefault(chart.id.rsplit("-", 1)[0], []).append(chart)
     assert all(c.heatmaps == 1 for c in by_kind["gpu"]) and len(by_kind["gpu"]) >= 4
-    assert by_kind["straggler"][0].heatmaps == 1 and by_kind["straggler"][1].lines == 1
+    assert [c.heatmaps for c in by_kind["straggler"]] == [1, 0, 1, 0], "data and step: a heatmap and a spread line"
+    assert all(c.lines == 1 for c in by_kind["straggler"][1::2])
+    assert "<b>rank 1</b>" in report.read_text(encoding="utf-8"), "the slow rank is named in the summary"
     assert all(c.lines >= 1 for c in by_kind["metric"] + by_kind["system"]) and by_kind["attempts"][0].points >= 1
     assert screenshot.stat().st_size > 50_000
 

@@ -25,18 +25,30 @@ def test_sections_collect_scores_slowest_and_spread() -> None:
     data, fwd = straggler_sections(columns)
     assert (data.name, sorted(data.scores), fwd.name) == ("data", [0, 1], "fwd_bwd")
     assert data.spread is columns["straggler/data/spread"] and data.slowest is not None
-    assert data.slowest_counts() == [(1, 2), (0, 1)]
+    assert data.slowest_counts() == ([(1, 2), (0, 1)], 3)
     assert data.median_score(1) == 1.9 and data.median_score(7) is None
     assert fwd.slowest is None and fwd.spread is None
 
 
 def test_slowest_counts_from_the_scores_when_the_run_has_no_slowest_rank() -> None:
     columns = {
-        "straggler/opt/score/rank0": col([0, 1, 2], [1.0, 3.0, np.nan]),
-        "straggler/opt/score/rank1": col([0, 1, 2], [1.5, 1.0, 1.2]),
+        "straggler/opt/score/rank0": col([0, 1, 2, 3], [1.0, 3.0, np.nan, 1.0]),
+        "straggler/opt/score/rank1": col([0, 1, 2, 3], [1.5, 1.0, 1.2, 1.0]),
     }
     (section,) = straggler_sections(columns)
-    assert section.slowest_counts() == [(1, 2), (0, 1)]
+    # step 2: one rank reported, step 3: a tie; neither names a slowest rank
+    assert section.slowest_counts() == ([(0, 1), (1, 1)], 4)
+
+
+def test_ties_and_noise_name_no_slowest_rank() -> None:
+    # all ranks equal: the logger names rank 0 (the lowest on ties) with a spread of 1.0
+    columns = {"straggler/data/score/rank0": col([0, 1, 2], [1.0, 1.0, 0.99]),
+               "straggler/data/score/rank1": col([0, 1, 2], [1.0, 1.0, 1.01]),
+               "straggler/data/slowest_rank": col([0, 1, 2], [0, 0, 1]),
+               "straggler/data/spread": col([0, 1, 2], [1.0, 1.000000000000001, 1.02])}
+    (section,) = straggler_sections(columns)
+    assert section.slowest_counts() == ([], 3)
+    assert section.slowest_counts(min_spread=1.01) == ([(1, 1)], 3)
 
 
 def test_a_run_without_straggler_keys_has_no_sections() -> None:
