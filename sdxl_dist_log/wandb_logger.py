@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -47,13 +48,16 @@ class WandbLogger:
     Args:
         config: a ``WandbConfig``, or a mapping of its fields (unknown keys are an error).
         logger: a ``UnifiedLogger`` (or a ``logging.Logger``) that receives this logger's messages.
+        **fields: ``WandbConfig`` fields as keywords (``project=``, ``name=``, ``mode=``, ...), as Lightning's and
+            W&B's own loggers take them; with a mapping ``config`` they are merged into it. A field given twice, or
+            keywords beside a ``WandbConfig`` object, is a ``ConfigError`` naming the field.
         rank_info: where this process sits; read from ``env`` when None.
         env: the environment to read the launch from (rank, job ids, ``SDXL_DIST_LOG_*`` overrides); ``os.environ``
             when None. It is read once, here.
         nvml: an NVML module (or a test double with its API) to sample GPUs with; ``pynvml`` when None.
 
     Example:
-        >>> with WandbLogger(WandbConfig(project="sdxl", mode="offline")) as wb:  # doctest: +SKIP
+        >>> with WandbLogger(project="sdxl", mode="offline") as wb:  # doctest: +SKIP
         ...     wb.log_metrics({"loss": loss}, step=step)
     """
 
@@ -65,8 +69,9 @@ class WandbLogger:
         rank_info: RankInfo | None = None,
         env: Mapping[str, str] | None = None,
         nvml: Any | None = None,
+        **fields: Any,
     ) -> None:
-        self.config = config if isinstance(config, WandbConfig) else WandbConfig.from_dict(config or {})
+        self.config = resolve_config(config, fields)
         self._log = logger if isinstance(logger, logging.Logger) else getattr(logger, "logger", None) or _log
         launch = Launch.from_env(os.environ if env is None else env)  # the one read of the environment
         if rank_info is not None:
@@ -125,9 +130,15 @@ class WandbLogger:
         )
         identity = RunIdentity.from_json(shared) if shared is not None else RunIdentity("local", "local", None, None)
         if self.is_primary:
-            self._info(f"W&B run {identity.run_id} ({identity.mode}) group={identity.group} "
-                       f"job_type={identity.job_type} dir={identity.run_dir}")
+            self._announce(start_line(identity, getattr(self._backend.run, "url", None)))
         return identity
+
+    def _announce(self, line: str) -> None:
+        """Say ``line`` once: through the attached logger when it shows INFO somewhere, else on stderr."""
+        if self._log.isEnabledFor(logging.INFO) and self._log.hasHandlers():
+            self._log.info(line)
+        else:  # a bare logging.Logger (or none): the start line would vanish, and it says where the run went
+            print(f"sdxl_dist_log: {line}", file=sys.stderr, flush=True)
 
     def _start_system_metrics(self) -> Any:
         cfg = self.config
@@ -290,14 +301,17 @@ class WandbLogger:
             True if this rank uploaded it (False on other ranks, when disabled, or when the run has failed).
 
         Raises:
-            FileNotFoundError: ``path`` does not exist (checked on the primary before anything is uploaded).
+            FileNotFoundError: ``path`` does not exist (checked on the primary, in every mode, before anything is
+                uploaded: a script that works with ``mode="disabled"`` works online too).
         """
         self._dispatcher.raise_pending()
         cfg = self.config
         aliases = list(aliases or [])
-        if not self.is_primary or self.identity.mode == "disabled" or not checkpoints.wanted(cfg, aliases):
+        if not self.is_primary:
             return False
         source = checkpoints.existing_source(path)
+        if self.identity.mode == "disabled" or not checkpoints.wanted(cfg, aliases):
+            return False
         artifact = checkpoints.artifact_name(name or cfg.checkpoint_prefix)
         details = {"source_path": os.path.abspath(source), "step": self._last_step, **dict(metadata or {})}
         uploaded = self._backend.log_artifact(source, name=artifact, type=type, aliases=aliases, metadata=details)
@@ -371,7 +385,19 @@ class WandbLogger:
     # -- internals ----------------------------------------------------------------------------------------------
     @property
     def run_dir(self) -> str | None:
+        """The run's directory on the primary's filesystem (offline and online runs), or None."""
         return self.identity.run_dir
+
+    @property
+    def run(self) -> Any | None:
+        """The primary's ``wandb`` run object (``wandb.Run``), None on other ranks and when disabled.
+
+        An escape hatch for what this logger does not wrap (tables, alerts, ``run.summary``): calls on it go straight
+        to W&B, on the primary only, with no reduction and no step bookkeeping; put the step key in rows you log
+        yourself (``wb.run.log({"table": table, wb.config.step_metric: step})``). Lightning calls this
+        ``logger.experiment``.
+        """
+        return self._backend.run
 
     def _write_row(self, values: Mapping[str, Any], step: int | None, commit: bool) -> None:
         with self._lock:
@@ -414,4 +440,50 @@ class WandbLogger:
         self._log.info(message)
 
 
-__all__ = ["WandbLogger"]
+def resolve_config(config: WandbConfig | Mapping[str, Any] | None, fields: Mapping[str, Any]) -> WandbConfig:
+    """The ``WandbConfig`` of a logger built from a config object or mapping and/or keyword fields.
+
+    Args:
+        config: a ``WandbConfig``, a mapping of its fields, or None.
+        fields: fields given as keywords.
+
+    Returns:
+        ``config`` itself when no keywords are given; else the mapping and the keywords merged.
+
+    Raises:
+        ConfigError: a field is given both ways (named), keywords come with a ``WandbConfig`` object, a field is
+            unknown or a value is invalid.
+
+    Example:
+        >>> resolve_config({"project": "a"}, {"mode": "offline"}).mode
+        'offline'
+    """
+    if isinstance(config, WandbConfig):
+        if fields:
+            raise ConfigError(f"WandbLogger got a WandbConfig and the keyword fields {', '.join(sorted(fields))}: "
+                              "pass one or the other (or dataclasses.replace(config, ...))")
+        return config
+    given = dict(config or {})
+    twice = sorted(set(given) & set(fields))
+    if twice:
+        raise ConfigError(f"WandbLogger got {', '.join(map(repr, twice))} both in config and as a keyword")
+    return WandbConfig.from_dict({**given, **fields})
+
+
+def start_line(identity: RunIdentity, url: str | None = None) -> str:
+    """The one line the primary says at start: the run, its mode, and where it is.
+
+    Example:
+        >>> start_line(RunIdentity("r1", "r1", None, None, mode="offline", run_dir="/o/wandb/offline-run-r1"))
+        'W&B run r1 (offline) in /o/wandb/offline-run-r1; upload it later with: wandb sync /o/wandb/offline-run-r1'
+    """
+    fallback = f" (fell back: {identity.fallback_reason})" if identity.fallback_reason else ""
+    if identity.mode == "disabled":
+        return f"W&B run {identity.run_id} is disabled: nothing is written{fallback}"
+    where = f"at {url or '(no URL)'}" if identity.mode == "online" else (
+        f"in {identity.run_dir}; upload it later with: wandb sync {identity.run_dir}")
+    extra = "".join(f" {k}={v}" for k, v in (("group", identity.group), ("job_type", identity.job_type)) if v)
+    return f"W&B run {identity.run_id} ({identity.mode}){extra} {where}{fallback}"
+
+
+__all__ = ["WandbLogger", "resolve_config", "start_line"]
