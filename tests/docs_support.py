@@ -11,13 +11,16 @@ render it):
     <!-- doc: scaled CMD -->           cannot run here as written (GPUs, nodes): CMD, a smaller form, runs instead
     <!-- doc: slurm -->                as ``run``, on the local SLURM cluster (tests marked ``slurm``)
     <!-- doc: benchmark SCRIPT -->     output of a benchmark (timings belong in benchmarks/): SCRIPT --help runs
+    <!-- doc: tested-by FILE::TEST --> a transcript of a cluster session (job ids, requeue timing): the named test,
+                                       which must exist, runs the same commands against the local SLURM cluster
     <!-- doc: not-code -->             a synopsis or a listing, not something to run
 
-Commands run in one scratch folder per page, in page order, as in an activated venv (its ``bin`` first on PATH;
-``.venv``, ``examples``, ``slurm``, ``benchmarks``, ``docs`` link to the checkout), with a private W&B home and TMPDIR.
-The same command on a page runs once and its output serves every block that shows it. Install lines (``python3 -m
-venv``, ``pip install``) and ``bash tests/run_all.sh`` are what ``.ci/run`` runs: they are checked to be there,
-not run inside the suite they start.
+Commands run in one scratch folder for all pages (a reader going through the docs in one checkout), page by page
+in order, as in an activated venv (its ``bin`` first on PATH; ``.venv``, ``examples``, ``slurm``, ``benchmarks``,
+``docs`` link to the checkout), with a private W&B home and TMPDIR. The same command runs once (``.venv/bin/X`` is
+``X``) and its output serves every block that shows it: the demo runs once for README.md and quickstart.md. Install
+lines (``python3 -m venv``, ``pip install``), ``bash tests/run_all.sh`` and the cluster scripts it runs are what
+``.ci/run`` and ``tests/run_all.sh`` run: they are checked to be there, not run inside the suite they start.
 
 Shown and real outputs are compared after normalising what differs between runs: times, dates, run ids, numbers,
 absolute paths, and `` <- `` annotations (the page's own remarks). Every shown line must appear in the real output,
@@ -36,8 +39,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-KINDS = ("run", "file", "output", "scaled", "slurm", "benchmark", "not-code")
-LINKED = (".venv", "examples", "slurm", "benchmarks", "docs")
+KINDS = ("run", "file", "output", "scaled", "slurm", "benchmark", "tested-by", "not-code")
+LINKED = (".venv", "examples", "slurm", "benchmarks", "docs", "tests")
 COMMAND_TIMEOUT_S = 300
 
 _FENCE = re.compile(r"^(`{3,})(\S*)\s*$")
@@ -103,6 +106,17 @@ def normalise(line: str) -> str:
     return line.strip()
 
 
+def check_tested_by(node: str) -> None:
+    """Check that the test ``FILE::NAME`` exists.
+
+    Raises:
+        AssertionError: no such file or no such test function in it.
+    """
+    file, _, name = node.partition("::")
+    path = ROOT / file
+    assert path.exists() and f"def {name}(" in path.read_text(encoding="utf-8"), f"no test {node}"
+
+
 def compare(shown: str, real: str, *, abridged: bool, where: str) -> None:
     """Check that every shown line is in the real output, in order; unless ``abridged``, that none is left out.
 
@@ -125,7 +139,8 @@ def compare(shown: str, real: str, *, abridged: bool, where: str) -> None:
 
 
 # -- running ---------------------------------------------------------------------------------------------------------
-INSTALL = re.compile(r"^(python3 -m venv |\S*pip install |bash tests/run_all\.sh)")
+INSTALL = re.compile(r"^(python3 -m venv |\S*pip install |bash tests/run_all\.sh|bash slurm/st(art|op)_cluster\.sh)")
+CI_SCRIPTS = (ROOT / ".ci" / "run", ROOT / "tests" / "run_all.sh")
 
 
 @dataclass
@@ -152,29 +167,30 @@ class Page:
                    TMPDIR=str(scratch / "tmp"), PYTHONUNBUFFERED="1")
         return cls(scratch, env)
 
-    def run(self, command: str) -> str:
-        """Run one shell command here (once per page); its output, stdout and stderr together.
+    def run(self, command: str) -> str | None:
+        """Run one shell command here (once); its output, stdout and stderr interleaved; None for a CI command.
 
         Raises:
             AssertionError: the command failed; the message holds its output.
         """
+        command = command.removeprefix(".venv/bin/")  # the same command, as in an activated venv
         if command in self.outputs:
             return self.outputs[command]
         if INSTALL.match(command):
-            ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
-            assert _ci_form(command) in _ci_form(ci), f"{command!r} is not what .ci/run runs"
-            self.outputs[command] = ""
-            return ""
-        done = subprocess.run(["bash", "-c", command], cwd=self.scratch, env=self.env, capture_output=True,
-                              text=True, timeout=COMMAND_TIMEOUT_S)
-        output = done.stdout + done.stderr
+            ci = " ".join(path.read_text(encoding="utf-8") for path in CI_SCRIPTS)
+            key = command if command.startswith(("python3", ".venv", "pip")) else " ".join(command.split()[:2])
+            assert _ci_form(key) in _ci_form(ci), f"{command!r} is not what .ci/run or tests/run_all.sh runs"
+            return None
+        done = subprocess.run(["bash", "-c", command], cwd=self.scratch, env=self.env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, timeout=COMMAND_TIMEOUT_S)
+        output = done.stdout  # stderr interleaved, as a terminal shows it
         assert done.returncode == 0, f"{command!r} exited {done.returncode}:\n{output[-4000:]}"
         self.outputs[command] = output
         return output
 
 
 def _ci_form(text: str) -> str:
-    return " ".join(text.replace(" -q", "").replace("exec ", "").split())
+    return " ".join(text.replace(" -q", "").replace(".venv/bin/", "").split())
 
 
 def commands(block: Block) -> list[tuple[str, str]]:

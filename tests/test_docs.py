@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -18,7 +19,7 @@ import pytest
 from sdxl_dist_log.config import LogConfig, WandbConfig
 
 sys.path.insert(0, os.path.dirname(__file__))  # docs_support.py
-from docs_support import KINDS, PAGES, Block, Page, blocks, commands, compare, normalise  # noqa: E402
+from docs_support import KINDS, PAGES, Block, Page, blocks, check_tested_by, commands, compare, normalise  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE_IDS = [str(p.relative_to(ROOT)) for p in PAGES]
@@ -34,51 +35,60 @@ def test_every_block_says_how_it_runs(page: Path) -> None:
 def _run_block(block: Block, page: Page) -> None:
     if block.kind in ("not-code", None):
         return
+    if block.kind == "slurm":
+        block = dataclasses.replace(block, kind="run")
     if block.kind == "file":
         (page.scratch / block.arg).write_text(block.text + "\n", encoding="utf-8")
     elif block.kind == "benchmark":
         page.run(f"python {block.arg} --help")
+    elif block.kind == "tested-by":
+        check_tested_by(block.arg)
     elif block.kind == "scaled":
         page.run(block.arg)
     elif block.kind == "output":
         compare(block.text, page.run(block.arg.removesuffix(" abridged")), abridged=block.abridged,
                 where=block.where)
     elif block.lang == "python":
-        script = page.scratch / f"block_{block.line}.py"
+        script = page.scratch / f"{block.page.stem}_{block.line}.py"
         script.write_text(block.text + "\n", encoding="utf-8")
         page.run(f"python {script.name}")
     else:
         for command, shown in commands(block):
             real = page.run(command)
-            if shown.strip():
+            if real is not None and shown.strip():
                 compare(shown, real, abridged=block.abridged, where=f"{block.where} ({command})")
 
 
 def _page_blocks(page: Path, slurm: bool) -> list[Block]:
-    return [b for b in blocks(page) if (b.kind == "slurm") is slurm]
+    """The blocks that run without the cluster, or those that need it (with the files they use)."""
+    return [b for b in blocks(page) if (b.kind == "slurm") is slurm or (slurm and b.kind == "file")]
 
 
 RUNNABLE = [p for p in PAGES if any(b.kind not in ("not-code", "slurm") for b in _page_blocks(p, False))]
 ON_SLURM = [p for p in PAGES if _page_blocks(p, True)]
 
 
+@pytest.fixture(scope="module")
+def reader(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Page]:
+    """One scratch checkout for every page, as one reader would go through them."""
+    page = Page.create(tmp_path_factory.mktemp("reader"))
+    yield page
+    shutil.rmtree(page.scratch / "tmp", ignore_errors=True)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 @pytest.mark.parametrize("page", RUNNABLE, ids=[str(p.relative_to(ROOT)) for p in RUNNABLE])
-def test_page_runs_as_written(page: Path, tmp_path: Path) -> None:
-    """Each block in page order, in one scratch folder: commands succeed, scripts exit 0, shown outputs are real."""
-    scratch = Page.create(tmp_path / "reader")
-    try:
-        for block in _page_blocks(page, slurm=False):
-            _run_block(block, scratch)
-    finally:
-        shutil.rmtree(tmp_path / "reader" / "tmp", ignore_errors=True)
+def test_page_runs_as_written(page: Path, reader: Page) -> None:
+    """Each block in page order: commands succeed, scripts exit 0, shown outputs are real."""
+    for block in _page_blocks(page, slurm=False):
+        _run_block(block, reader)
 
 
 @pytest.mark.slurm
 @pytest.mark.timeout(1200)
 @pytest.mark.parametrize("page", ON_SLURM, ids=[str(p.relative_to(ROOT)) for p in ON_SLURM])
-def test_page_runs_on_the_local_slurm_cluster(page: Path, tmp_path: Path) -> None:
+def test_page_runs_on_the_local_slurm_cluster(page: Path, reader: Page) -> None:
     if os.environ.get("SDXL_SKIP_SLURM") == "1":
         pytest.skip("SDXL_SKIP_SLURM=1")
     try:
@@ -86,10 +96,8 @@ def test_page_runs_on_the_local_slurm_cluster(page: Path, tmp_path: Path) -> Non
     except (OSError, subprocess.SubprocessError):
         pytest.fail("the local SLURM cluster does not answer sinfo: start it with `bash slurm/start_cluster.sh`",
                     pytrace=False)
-    scratch = Page.create(tmp_path / "reader")
     for block in _page_blocks(page, slurm=True):
-        block.kind = "run"
-        _run_block(block, scratch)
+        _run_block(block, reader)
 
 
 # -- the runner itself -----------------------------------------------------------------------------------------------
