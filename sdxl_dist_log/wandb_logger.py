@@ -11,7 +11,6 @@ import dataclasses
 import logging
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -24,6 +23,7 @@ from sdxl_dist_log import checkpoints
 from sdxl_dist_log.backends.base import Backend, NullBackend
 from sdxl_dist_log.collectives import Collectives
 from sdxl_dist_log.config import WandbConfig
+from sdxl_dist_log.construction import announce, resolve_config, start_line
 from sdxl_dist_log.dispatch import Dispatcher
 from sdxl_dist_log.errors import ConfigError, ImageInputError, MetricValueError
 from sdxl_dist_log.framing import CallInfo, checked_step
@@ -46,11 +46,9 @@ class WandbLogger:
     every rank or on the primary only; only the primary uploads.
 
     Args:
-        config: a ``WandbConfig``, or a mapping of its fields (unknown keys are an error).
+        config: a ``WandbConfig`` or a mapping of its fields; or the fields as keywords (``**fields``: rules in
+            ``construction.resolve_config``). Unknown fields are an error.
         logger: a ``UnifiedLogger`` (or a ``logging.Logger``) that receives this logger's messages.
-        **fields: ``WandbConfig`` fields as keywords (``project=``, ``name=``, ``mode=``, ...), as Lightning's and
-            W&B's own loggers take them; with a mapping ``config`` they are merged into it. A field given twice, or
-            keywords beside a ``WandbConfig`` object, is a ``ConfigError`` naming the field.
         rank_info: where this process sits; read from ``env`` when None.
         env: the environment to read the launch from (rank, job ids, ``SDXL_DIST_LOG_*`` overrides); ``os.environ``
             when None. It is read once, here.
@@ -130,15 +128,8 @@ class WandbLogger:
         )
         identity = RunIdentity.from_json(shared) if shared is not None else RunIdentity("local", "local", None, None)
         if self.is_primary:
-            self._announce(start_line(identity, getattr(self._backend.run, "url", None)))
+            announce(self._log, start_line(identity, getattr(self._backend.run, "url", None)))
         return identity
-
-    def _announce(self, line: str) -> None:
-        """Say ``line`` once: through the attached logger when it shows INFO somewhere, else on stderr."""
-        if self._log.isEnabledFor(logging.INFO) and self._log.hasHandlers():
-            self._log.info(line)
-        else:  # a bare logging.Logger (or none): the start line would vanish, and it says where the run went
-            print(f"sdxl_dist_log: {line}", file=sys.stderr, flush=True)
 
     def _start_system_metrics(self) -> Any:
         cfg = self.config
@@ -301,22 +292,19 @@ class WandbLogger:
             True if this rank uploaded it (False on other ranks, when disabled, or when the run has failed).
 
         Raises:
-            FileNotFoundError: ``path`` does not exist (checked on the primary, in every mode, before anything is
-                uploaded: a script that works with ``mode="disabled"`` works online too).
+            FileNotFoundError: ``path`` does not exist (checked on the primary in every mode, before any upload).
         """
         self._dispatcher.raise_pending()
         cfg = self.config
         aliases = list(aliases or [])
-        if not self.is_primary:
-            return False
-        source = checkpoints.existing_source(path)
-        if self.identity.mode == "disabled" or not checkpoints.wanted(cfg, aliases):
+        source = checkpoints.existing_source(path) if self.is_primary else None  # bad input fails in every mode
+        if source is None or self.identity.mode == "disabled" or not checkpoints.wanted(cfg, aliases):
             return False
         artifact = checkpoints.artifact_name(name or cfg.checkpoint_prefix)
         details = {"source_path": os.path.abspath(source), "step": self._last_step, **dict(metadata or {})}
         uploaded = self._backend.log_artifact(source, name=artifact, type=type, aliases=aliases, metadata=details)
         if uploaded:
-            self._info(f"checkpoint {source} -> artifact {artifact} aliases={aliases}")
+            self._log.info(f"checkpoint {source} -> artifact {artifact} aliases={aliases}")
         return uploaded
 
     def log_config(self, values: Mapping[str, Any]) -> dict[str, Any]:
@@ -385,19 +373,9 @@ class WandbLogger:
     # -- internals ----------------------------------------------------------------------------------------------
     @property
     def run_dir(self) -> str | None:
-        """The run's directory on the primary's filesystem (offline and online runs), or None."""
         return self.identity.run_dir
 
-    @property
-    def run(self) -> Any | None:
-        """The primary's ``wandb`` run object (``wandb.Run``), None on other ranks and when disabled.
-
-        An escape hatch for what this logger does not wrap (tables, alerts, ``run.summary``): calls on it go straight
-        to W&B, on the primary only, with no reduction and no step bookkeeping; put the step key in rows you log
-        yourself (``wb.run.log({"table": table, wb.config.step_metric: step})``). Lightning calls this
-        ``logger.experiment``.
-        """
-        return self._backend.run
+    run = property(lambda self: self._backend.run, doc="The primary's wandb run, an escape hatch (see quickstart).")
 
     def _write_row(self, values: Mapping[str, Any], step: int | None, commit: bool) -> None:
         with self._lock:
@@ -436,54 +414,5 @@ class WandbLogger:
             self._warned.add(once_key)
         self._log.warning(message)
 
-    def _info(self, message: str) -> None:
-        self._log.info(message)
 
-
-def resolve_config(config: WandbConfig | Mapping[str, Any] | None, fields: Mapping[str, Any]) -> WandbConfig:
-    """The ``WandbConfig`` of a logger built from a config object or mapping and/or keyword fields.
-
-    Args:
-        config: a ``WandbConfig``, a mapping of its fields, or None.
-        fields: fields given as keywords.
-
-    Returns:
-        ``config`` itself when no keywords are given; else the mapping and the keywords merged.
-
-    Raises:
-        ConfigError: a field is given both ways (named), keywords come with a ``WandbConfig`` object, a field is
-            unknown or a value is invalid.
-
-    Example:
-        >>> resolve_config({"project": "a"}, {"mode": "offline"}).mode
-        'offline'
-    """
-    if isinstance(config, WandbConfig):
-        if fields:
-            raise ConfigError(f"WandbLogger got a WandbConfig and the keyword fields {', '.join(sorted(fields))}: "
-                              "pass one or the other (or dataclasses.replace(config, ...))")
-        return config
-    given = dict(config or {})
-    twice = sorted(set(given) & set(fields))
-    if twice:
-        raise ConfigError(f"WandbLogger got {', '.join(map(repr, twice))} both in config and as a keyword")
-    return WandbConfig.from_dict({**given, **fields})
-
-
-def start_line(identity: RunIdentity, url: str | None = None) -> str:
-    """The one line the primary says at start: the run, its mode, and where it is.
-
-    Example:
-        >>> start_line(RunIdentity("r1", "r1", None, None, mode="offline", run_dir="/o/wandb/offline-run-r1"))
-        'W&B run r1 (offline) in /o/wandb/offline-run-r1; upload it later with: wandb sync /o/wandb/offline-run-r1'
-    """
-    fallback = f" (fell back: {identity.fallback_reason})" if identity.fallback_reason else ""
-    if identity.mode == "disabled":
-        return f"W&B run {identity.run_id} is disabled: nothing is written{fallback}"
-    where = f"at {url or '(no URL)'}" if identity.mode == "online" else (
-        f"in {identity.run_dir}; upload it later with: wandb sync {identity.run_dir}")
-    extra = "".join(f" {k}={v}" for k, v in (("group", identity.group), ("job_type", identity.job_type)) if v)
-    return f"W&B run {identity.run_id} ({identity.mode}){extra} {where}{fallback}"
-
-
-__all__ = ["WandbLogger", "resolve_config", "start_line"]
+__all__ = ["WandbLogger"]

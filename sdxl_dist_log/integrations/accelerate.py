@@ -94,13 +94,6 @@ class SdxlTracker(GeneralTracker):
         if wb.run is not None:  # without a step, W&B carries the last one over (the step metric is step_sync'ed)
             wb.run.log({**dict(values), **({} if step is None else {wb.config.step_metric: step})})
 
-    def log_images(self, values: Mapping[str, Sequence[Any]], step: int | None = None, **kwargs: Any) -> None:
-        """Accelerate's image call (main process): the same as ``log`` with lists of images."""
-        import wandb
-
-        self.log({key: [image if isinstance(image, wandb.Image) else wandb.Image(image) for image in images]
-                  for key, images in values.items()}, step=step)
-
     def finish(self) -> None:
         """Close the run (``end_training`` calls this on the main process; call it on the others yourself)."""
         self.session.finish(0)
@@ -145,6 +138,7 @@ class SdxlTracker(GeneralTracker):
 
 
 def _several_ranks() -> bool:
-    import torch.distributed as dist
+    """Whether Accelerate runs this job on several processes (its state is set up by ``Accelerator()``)."""
+    from accelerate.state import PartialState
 
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    return PartialState().num_processes > 1

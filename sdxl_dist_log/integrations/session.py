@@ -7,7 +7,8 @@ from typing import Any
 
 from sdxl_dist_log.config import WandbConfig
 from sdxl_dist_log.integrations.values import split_values
-from sdxl_dist_log.wandb_logger import WandbLogger, resolve_config
+from sdxl_dist_log.construction import resolve_config
+from sdxl_dist_log.wandb_logger import WandbLogger
 
 ADAPTER_DEFAULTS: dict[str, Any] = {"metric_prefix": ""}
 """Where an adapter's defaults differ from ``WandbConfig``'s: keys land as the framework's own W&B logger writes them

@@ -17,7 +17,7 @@ import pytest
 
 from sdxl_dist_log import ConfigError, WandbConfig, WandbLogger
 from sdxl_dist_log.identity import RunIdentity
-from sdxl_dist_log.wandb_logger import resolve_config, start_line
+from sdxl_dist_log.construction import resolve_config, start_line
 
 pytestmark = pytest.mark.timeout(300)
 
