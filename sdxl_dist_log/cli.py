@@ -33,15 +33,18 @@ def cli() -> None:
 # ------------------------------------------------------------------------------------------------------------------
 @cli.command("demo", context_settings=_SETTINGS, short_help="train a tiny model on N ranks into a W&B run")
 @click.option("--nproc", type=click.IntRange(min=1), default=2, help="ranks to spawn when not under a launcher")
-@click.option("--steps", type=int, default=20, help="training steps")
-@click.option("--out-dir", default="outputs/demo", help="W&B run, checkpoints and logs go here")
+@click.option("--steps", type=click.IntRange(min=1), default=20, help="training steps")
+@click.option("--out-dir", type=click.Path(file_okay=False), default="outputs/demo",
+              help="W&B run, checkpoints, logs and the run id go here")
 @click.option("--mode", type=click.Choice(["online", "offline", "disabled"]), default="offline",
               help="W&B mode (online without a key falls back to offline)")
-@click.option("--system-metrics-interval", type=float, default=0.5, help="seconds between system samples")
-@click.option("--step-time", type=float, default=0.05, help="seconds of simulated work per step")
+@click.option("--system-metrics-interval", type=click.FloatRange(min=0, min_open=True), default=0.5,
+              help="seconds between system samples")
+@click.option("--step-time", type=click.FloatRange(min=0), default=0.05, help="seconds of simulated work per step")
 @click.option("--async-metrics/--no-async-metrics", default=False,
               help="run logging collectives on a background thread")
-@click.option("--resume/--no-resume", default=False, help="continue from the last checkpoint under --out-dir")
+@click.option("--resume/--no-resume", default=False,
+              help="continue from the last checkpoint under --out-dir, into the same W&B run (its id is kept there)")
 @click.option("--fake-nvml", metavar="SPEC", default=None, show_default="the real NVML", callback=lambda ctx, param, value: _fake_nvml_spec(value),
               help="sample simulated GPUs instead of NVML, e.g. 'gpus=2,offset=5' (GPU figures without a GPU)")
 def demo_command(nproc: int, **train_options: Any) -> int:
@@ -85,7 +88,7 @@ def inspect_command(run_dirs: tuple[str, ...]) -> int:
         for run_path in runs or [path]:
             try:
                 summary = format_run(read_run(run_path))
-            except (FileNotFoundError, ValueError) as exc:
+            except (OSError, ValueError) as exc:  # missing, unreadable, or not a run
                 print(f"sdxl-dist-log inspect: {run_path}: {exc}", file=sys.stderr)
                 status = 2
                 continue
@@ -258,11 +261,13 @@ def run_command(command: click.Command, argv: Sequence[str] | None, prog_name: s
         prog_name: the program name that usage lines and error lines start with.
 
     Returns:
-        The command's return value (0 when it returns None); 2 on a user error; 1 when interrupted.
+        The command's return value (0 when it returns None); 2 on a user error; 1 when interrupted, or when the
+        reader of stdout went away (``sdxl-dist-log inspect RUN | head``: click ends the command quietly).
     """
     try:
         result = command.main(args=None if argv is None else list(argv), prog_name=prog_name,
                               standalone_mode=False)
+
     except click.exceptions.NoArgsIsHelpError as exc:  # a bare group: its help, as click prints it
         exc.show()
         return exc.exit_code

@@ -209,6 +209,9 @@ class LogConfig:
     """Show a progress bar (primary rank only)."""
     primary_rank: int = 0
     """The rank that prints INFO and shows the progress bar."""
+    progress_interval: float = 30.0
+    """Seconds between progress lines when stderr is not a terminal (a log file, a SLURM ``.out``): there the bar
+    gives way to one plain line per interval, so no line holds carriage-return redraws."""
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
@@ -218,6 +221,7 @@ class LogConfig:
         if not self.name:
             raise ConfigError(f"{owner}.name must be a non-empty string")
         _check_number(owner, "primary_rank", self.primary_rank, minimum=0)
+        _check_number(owner, "progress_interval", self.progress_interval, minimum=0)
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> LogConfig:

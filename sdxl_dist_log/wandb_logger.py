@@ -24,6 +24,7 @@ from sdxl_dist_log import checkpoints
 from sdxl_dist_log.backends.base import Backend, NullBackend
 from sdxl_dist_log.collectives import Collectives
 from sdxl_dist_log.config import WandbConfig
+from sdxl_dist_log.construction import announce, resolve_config, start_line, without_process_group
 from sdxl_dist_log.dispatch import Dispatcher
 from sdxl_dist_log.errors import ConfigError, ImageInputError, MetricValueError
 from sdxl_dist_log.framing import CallInfo, checked_step
@@ -47,7 +48,8 @@ class WandbLogger:
     every rank or on the primary only; only the primary uploads.
 
     Args:
-        config: a ``WandbConfig``, or a mapping of its fields (unknown keys are an error).
+        config: a ``WandbConfig`` or a mapping of its fields; or the fields as keywords (``**fields``: rules in
+            ``construction.resolve_config``). Unknown fields are an error.
         logger: a ``UnifiedLogger`` (or a ``logging.Logger``) that receives this logger's messages.
         rank_info: where this process sits; read from ``env`` when None.
         env: the environment to read the launch from (rank, job ids, ``SDXL_DIST_LOG_*`` overrides); ``os.environ``
@@ -56,7 +58,7 @@ class WandbLogger:
         clock: seconds, monotonic, for ``section`` timings; ``time.perf_counter`` when None.
 
     Example:
-        >>> with WandbLogger(WandbConfig(project="sdxl", mode="offline")) as wb:  # doctest: +SKIP
+        >>> with WandbLogger(project="sdxl", mode="offline") as wb:  # doctest: +SKIP
         ...     wb.log_metrics({"loss": loss}, step=step)
     """
 
@@ -69,8 +71,9 @@ class WandbLogger:
         env: Mapping[str, str] | None = None,
         nvml: Any | None = None,
         clock: Callable[[], float] | None = None,
+        **fields: Any,
     ) -> None:
-        self.config = config if isinstance(config, WandbConfig) else WandbConfig.from_dict(config or {})
+        self.config = resolve_config(config, fields)
         self._log = logger if isinstance(logger, logging.Logger) else getattr(logger, "logger", None) or _log
         launch = Launch.from_env(os.environ if env is None else env)  # the one read of the environment
         if rank_info is not None:
@@ -82,10 +85,7 @@ class WandbLogger:
             rank = rank.with_process_group(self._collectives.rank, self._collectives.world_size)
             launch = dataclasses.replace(launch, rank=rank)
         elif rank.world_size > 1:
-            self._warn(
-                f"WORLD_SIZE={rank.world_size} but torch.distributed is not initialized: metrics are not reduced "
-                f"across ranks; only rank {cfg.primary_rank} logs (its own values) to the run"
-            )
+            self._warn(without_process_group(rank.world_size, cfg.primary_rank))
         if cfg.primary_rank >= rank.world_size:
             raise ConfigError(f"WandbConfig.primary_rank={cfg.primary_rank} is not a rank of this launch "
                               f"(world size {rank.world_size})")
@@ -131,8 +131,7 @@ class WandbLogger:
         )
         identity = RunIdentity.from_json(shared) if shared is not None else RunIdentity("local", "local", None, None)
         if self.is_primary:
-            self._info(f"W&B run {identity.run_id} ({identity.mode}) group={identity.group} "
-                       f"job_type={identity.job_type} dir={identity.run_dir}")
+            announce(self._log, start_line(identity, getattr(self._backend.run, "url", None)))
         return identity
 
     def _start_system_metrics(self) -> Any:
@@ -291,19 +290,19 @@ class WandbLogger:
             True if this rank uploaded it (False on other ranks, when disabled, or when the run has failed).
 
         Raises:
-            FileNotFoundError: ``path`` does not exist (checked on the primary before anything is uploaded).
+            FileNotFoundError: ``path`` does not exist (checked on the primary in every mode, before any upload).
         """
         self._dispatcher.raise_pending()
         cfg = self.config
         aliases = list(aliases or [])
-        if not self.is_primary or self.identity.mode == "disabled" or not checkpoints.wanted(cfg, aliases):
+        source = checkpoints.existing_source(path) if self.is_primary else None  # bad input fails in every mode
+        if source is None or self.identity.mode == "disabled" or not checkpoints.wanted(cfg, aliases):
             return False
-        source = checkpoints.existing_source(path)
         artifact = checkpoints.artifact_name(name or cfg.checkpoint_prefix)
         details = {"source_path": os.path.abspath(source), "step": self._last_step, **dict(metadata or {})}
         uploaded = self._backend.log_artifact(source, name=artifact, type=type, aliases=aliases, metadata=details)
         if uploaded:
-            self._info(f"checkpoint {source} -> artifact {artifact} aliases={aliases}")
+            self._log.info(f"checkpoint {source} -> artifact {artifact} aliases={aliases}")
         return uploaded
 
     def log_config(self, values: Mapping[str, Any]) -> dict[str, Any]:
@@ -372,6 +371,8 @@ class WandbLogger:
     def run_dir(self) -> str | None:
         return self.identity.run_dir
 
+    run = property(lambda self: self._backend.run, doc="The primary's wandb run, an escape hatch (see quickstart).")
+
     def _write_row(self, values: Mapping[str, Any], step: int | None, commit: bool) -> None:
         with self._lock:
             self._backend.log_row(values, self._at_step(step), commit)
@@ -412,9 +413,6 @@ class WandbLogger:
                 return
             self._warned.add(once_key)
         self._log.warning(message)
-
-    def _info(self, message: str) -> None:
-        self._log.info(message)
 
 
 __all__ = ["WandbLogger"]

@@ -14,6 +14,10 @@ class Backend(Protocol):
     The logger owns the step: every row arrives with the step it belongs to.
     """
 
+    @property
+    def run(self) -> Any | None:
+        """The underlying W&B run object (what ``WandbLogger.run`` hands out), or None when there is none."""
+
     def log_row(self, data: Mapping[str, Any], step: int, commit: bool = True) -> None:
         """Write one row of values at ``step``; ``commit=False`` keeps them to merge into the next committed row."""
 
@@ -42,6 +46,8 @@ class Backend(Protocol):
 
 class NullBackend:
     """The backend of every non-primary rank (and of ``mode="disabled"``): it does nothing, by design."""
+
+    run: Any | None = None
 
     def log_row(self, data: Mapping[str, Any], step: int, commit: bool = True) -> None:
         pass
