@@ -6,7 +6,9 @@ The logger runs its collectives on a gloo group of its own, created once when th
 - the values are tiny (one float64 row per rank), so CPU transport costs less than the host copy it saves.
 
 Every collective is bounded by ``timeout``. A rank that has waited ``presence_after`` seconds posts its presence to
-the process group's key-value store; when the wait fails, the ranks that never posted are named in the error. Rows
+the process group's key-value store; when the wait fails, the ranks that never posted are named in the error, and
+with ``warn_when_waiting`` a call still waiting after a few seconds reports the missing ranks long before that. A
+peer whose connection closed (its process died) fails the call as a timeout does, with the same error type. Rows
 travel in frames with a call header (``framing.py``), so a rank that skipped a call is caught in the next one. After
 any failure the group is closed for logging: later calls reduce nothing and say so once, and training goes on.
 
@@ -21,13 +23,14 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
 import numpy as np
 
 from sdxl_dist_log.errors import CollectiveError, CollectiveTimeoutError
+from sdxl_dist_log.faults import collective_failure, waiting_message
 from sdxl_dist_log.framing import CALL_HEADER, INITIAL_FRAME, LENGTH, CallInfo, build_frame, grown_frame, out_of_step
 from sdxl_dist_log.ranks import RankInfo
 
@@ -72,6 +75,9 @@ class Collectives:
         self._sequence = 0
         self.frame = INITIAL_FRAME
         self._in_flight: tuple[int, float] | None = None
+        self._in_flight_call: CallInfo | None = None
+        self._warn_after: float | None = None
+        self._report_wait: Callable[[str], Any] | None = None
         self._watchdog: threading.Thread | None = None
         self._closed = threading.Event()
         self._broadcasts = 0
@@ -239,19 +245,32 @@ class Collectives:
             except Exception as exc:  # the default group may already be gone at interpreter exit
                 _log.debug("could not destroy the logging group: %s", exc)
 
+    def warn_when_waiting(self, after: float, report: Callable[[str], Any]) -> None:
+        """Report once per call that has waited ``after`` seconds with ranks missing, naming them and the likely cause.
+
+        Ranks post their presence by half that wait, so the ranks that did arrive are known when the report is made.
+        Local; no collective.
+
+        Args:
+            after: seconds a call waits before the report.
+            report: takes the message (the logger's ``warning``); called on the watchdog thread.
+        """
+        self._warn_after = after
+        self._report_wait = report
+        self.presence_after = min(self.presence_after, after / 2)
+
     # -- failure handling ---------------------------------------------------------------------------------------
     def _wait(self, work: Any, call: CallInfo, timeout: float | None = None) -> None:
         # A plain bounded wait: nothing per call but two attribute writes. Presence for the error message is posted
         # by the watchdog thread, only for calls still waiting after presence_after seconds.
         limit = self.timeout if timeout is None else timeout
         self._ensure_watchdog()
+        self._in_flight_call = call
         self._in_flight = (self._sequence, time.monotonic())
         try:
             work.wait(timeout=timedelta(seconds=limit))
         except RuntimeError as exc:
-            timed_out = "timed out" in str(exc).lower()
-            self._fail(CollectiveTimeoutError if timed_out else CollectiveError,
-                       f"timed out after {limit:g} s" if timed_out else f"failed ({exc})", call)
+            self._fail(*collective_failure(str(exc), limit), call)
         finally:
             self._in_flight = None
 
@@ -261,22 +280,40 @@ class Collectives:
             self._watchdog.start()
 
     def _watch(self) -> None:
-        posted = -1
+        posted = warned = -1
         while not self._closed.wait(self.presence_after / 2):
             in_flight = self._in_flight
             if in_flight is None:
                 continue
             sequence, started = in_flight
-            if sequence != posted and time.monotonic() - started >= self.presence_after:
+            waited = time.monotonic() - started
+            if sequence != posted and waited >= self.presence_after:
                 self._post_presence(sequence)
                 posted = sequence
+            if sequence != warned and self._warn_after is not None and waited >= self._warn_after:
+                warned = sequence
+                self._report_missing(sequence, waited)
+
+    def _report_missing(self, sequence: int, waited: float) -> None:
+        try:
+            key = self._presence_key(sequence)
+            present = self._present(key) if self._store.check([key]) else set()
+        except Exception as exc:  # the store's host may be gone: the timeout's error says so later
+            _log.debug("could not read presence: %s", exc)
+            return
+        missing = sorted(set(range(self.world_size)) - present - {self.rank})
+        if missing and self._report_wait is not None and self._in_flight is not None:
+            self._report_wait(waiting_message(str(self._in_flight_call), self.rank, missing, waited, self.timeout))
+
+    def _present(self, key: str) -> set[int]:
+        return {int(r) for r in self._store.get(key).decode().split(",") if r}
 
     def _guard(self, fn: Any, call: CallInfo) -> None:
         self._sequence += 1
         try:
             fn()
         except RuntimeError as exc:
-            self._fail(CollectiveError, f"failed ({exc})", call)
+            self._fail(*collective_failure(str(exc), self.timeout), call)
 
     def _presence_key(self, sequence: int | None = None) -> str:
         return f"{self.namespace}/present/{self._sequence if sequence is None else sequence}"
@@ -299,7 +336,7 @@ class Collectives:
                 present: set[int] = set()
                 while True:
                     if self._store.check([key]):
-                        present = {int(r) for r in self._store.get(key).decode().split(",") if r}
+                        present = self._present(key)
                     if len(present) >= self.world_size or time.monotonic() >= deadline:
                         break
                     time.sleep(0.05)

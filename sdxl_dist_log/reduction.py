@@ -22,6 +22,7 @@ from sdxl_dist_log.metrics import (
     FINGERPRINT,
     KEY_COUNT,
     MetricPlan,
+    bad_value_error,
     describe_missing,
     pack_row,
     pack_values_deferred,
@@ -89,8 +90,8 @@ class MetricReducer:
             plan = self._plan(keys, reduce)
             return PreparedMetrics(plan, pack_values_deferred(metrics, keys, non_blocking=non_blocking), None)
         except Exception as exc:  # any failure must still reach the collective as a flagged row
-            error = exc if isinstance(exc, MetricValueError) else MetricValueError(f"{type(exc).__name__}: {exc}")
             keys = tuple(sorted({str(k) for k in metrics})) if isinstance(metrics, Mapping) else ()
+            error = exc if isinstance(exc, MetricValueError) else bad_value_error(metrics, keys, exc)
             return PreparedMetrics(MetricPlan(keys, resolve_reduce(keys, None)), None, error)
 
     def _plan(self, keys: tuple[str, ...], reduce: str | Mapping[str, str] | None) -> MetricPlan:

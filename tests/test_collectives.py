@@ -114,7 +114,7 @@ def test_a_rank_that_never_arrives_is_named_within_the_timeout(tmp_path: Path, m
     def body(rank: int):
         from sdxl_dist_log import CollectiveTimeoutError
 
-        with make_logger(str(tmp_path), collective_timeout=3.0) as wb:
+        with make_logger(str(tmp_path), collective_timeout=3.0, on_logging_fault="raise") as wb:
             dist.barrier()  # both ranks start logging together: only the rank that stays away makes one wait
             wb.log_metrics({"loss": 1.0}, step=0)
             if rank == 1:
@@ -146,7 +146,7 @@ def test_a_rank_that_skips_a_call_is_caught_in_the_next_one(tmp_path: Path, make
     rank 1 and the call each rank is in."""
 
     def body(rank: int):
-        with make_logger(str(tmp_path)) as wb:
+        with make_logger(str(tmp_path), on_logging_fault="raise") as wb:
             wb.log_metrics({"loss": 1.0}, step=0)
             try:
                 if rank == 0:
@@ -169,7 +169,7 @@ def test_a_rank_that_skips_a_call_of_the_same_kind_is_caught_by_the_step(tmp_pat
     with rank 1's step 2 (gloo pairs the n-th collective of every rank), and nothing of it is logged."""
 
     def body(rank: int):
-        with make_logger(str(tmp_path)) as wb:
+        with make_logger(str(tmp_path), on_logging_fault="raise") as wb:
             wb.log_metrics({"loss": 1.0}, step=0)
             try:
                 for step in (1, 2) if rank == 0 else (2,):
