@@ -123,7 +123,9 @@ class WandbConfig:
     async_metrics: bool = False
     """Run logging collectives on a background thread; the training thread never waits for them."""
     init_timeout: float = 60.0
-    """Seconds the primary waits for an online ``wandb.init`` before falling back."""
+    """Seconds an online run may take to start, counted from the logger's construction (importing wandb and starting
+    its service included; wandb gets what is left, at least 1 s); then ``fallback_mode`` takes over, its run ready
+    about a second later on every rank."""
     fallback_mode: str = "offline"
     """What an online run that cannot start becomes: "offline" or "disabled"."""
     finish_timeout: float = 60.0

@@ -77,6 +77,7 @@ class WandbLogger:
         nvml: Any | None = None,
         backend: Backend | None = None,
     ) -> None:
+        started = time.monotonic()  # init_timeout counts from here: a fallback run is ready about 1 s after it
         self.config = config if isinstance(config, WandbConfig) else WandbConfig.from_dict(config or {})
         self._log = logger if isinstance(logger, logging.Logger) else getattr(logger, "logger", None) or _log
         notices = Notices(self._log)  # every message of the logger: secrets scrubbed, keyed warnings once
@@ -111,7 +112,7 @@ class WandbLogger:
         self._finished = False
         self._backend: Backend = NullBackend()
         self._faults = FaultPolicy(cfg.on_logging_fault, notices.error)
-        self.identity = self._start_run(backend)
+        self.identity = self._start_run(backend, started + cfg.init_timeout)
         self._off = self.identity.mode == "disabled"  # known alike on every rank: calls return at once, on all
         self.main_process = MainProcessLog(self._write, cfg, is_primary=self.is_primary, rank=rank.rank,
                                            disabled=self._off, warn=self._warn)
@@ -123,7 +124,7 @@ class WandbLogger:
         self._signals = SignalChain(self._close_on_signal, self._log)
 
     # -- construction -------------------------------------------------------------------------------------------
-    def _start_run(self, backend: Backend | None) -> RunIdentity:
+    def _start_run(self, backend: Backend | None, deadline: float) -> RunIdentity:
         cfg = self.config
         proposal: dict[str, Any] | None = None
         if self.is_primary:
@@ -134,7 +135,7 @@ class WandbLogger:
             self._run_config = redact_secrets(deep_merge(base, {CONFIG_SECTION: launch_record(cfg, self.launch)}))
             try:
                 self._backend, identity = (backend, proposed) if backend is not None else start_backend(
-                    cfg, proposed, self._run_config, resume, logger=self._log)
+                    cfg, proposed, self._run_config, resume, logger=self._log, deadline=deadline)
             except Exception as exc:  # even the offline init failed (disk full, ...): train on, log nothing
                 self._warn(f"W&B run could not be started ({type(exc).__name__}: {exc}); logging is disabled")
                 identity = dataclasses.replace(proposed, mode="disabled", fallback_reason=str(exc))

@@ -153,12 +153,13 @@ class WandbBackend:
                               self._run.id, timeout)
 
 
-def _settings(config: WandbConfig, mode: str) -> Any:
+def _settings(config: WandbConfig, mode: str, init_timeout: float | None = None) -> Any:
+    """The run's ``wandb.Settings``; ``init_timeout`` (``config.init_timeout`` when None) bounds wandb's wait."""
     import wandb
 
     return wandb.Settings(
         mode=mode,
-        init_timeout=config.init_timeout,
+        init_timeout=config.init_timeout if init_timeout is None else init_timeout,
         finish_timeout=config.finish_timeout,
         x_transaction_log_flush_interval=config.flush_interval,
         x_disable_stats=True,  # sdxl_dist_log samples every node itself; W&B's sampler sees only this one
@@ -171,7 +172,7 @@ def _settings(config: WandbConfig, mode: str) -> Any:
 
 def start_backend(
     config: WandbConfig, proposed: RunIdentity, run_config: Mapping[str, Any], resume: str | None,
-    logger: logging.Logger | None = None,
+    logger: logging.Logger | None = None, deadline: float | None = None,
 ) -> tuple[WandbBackend | NullBackend, RunIdentity]:
     """Start the run on the primary rank, falling back within bounded time instead of failing the job.
 
@@ -181,10 +182,16 @@ def start_backend(
     and the failed attempt's service is let go without waiting for it to exit. The fallback is ``fallback_mode``
     ("offline" by default).
 
+    Args:
+        deadline: the ``time.monotonic()`` by which an online run must have started (the logger's construction
+            plus ``init_timeout``): importing wandb and starting its service count against it, and wandb is given
+            what is left (at least ``MIN_ONLINE_ATTEMPT_S``). ``init_timeout`` from now when None.
+
     Returns:
         The backend and the identity the run really has (mode after fallback, run dir, fallback reason).
     """
     log = logger or _log
+    deadline = time.monotonic() + config.init_timeout if deadline is None else deadline
     if config.mode == "disabled":
         return NullBackend(), dataclasses.replace(proposed, mode="disabled")
     import wandb
@@ -196,7 +203,8 @@ def start_backend(
     if mode == "online" and reason is None:
         attempt_started = time.time()
         try:
-            return _init(config, proposed, run_config, resume, "online", log)
+            budget = max(MIN_ONLINE_ATTEMPT_S, deadline - time.monotonic())
+            return _init(config, proposed, run_config, resume, "online", log, init_timeout=budget)
         except Exception as exc:  # CommError, timeouts, auth errors: logging must not kill training
             reason = f"online init failed: {type(exc).__name__}: {exc}"
             _release_service(wandb)
@@ -209,6 +217,10 @@ def start_backend(
     wandb.setup(wandb.Settings(mode="offline"))  # keeps wandb from reporting errors over the network at exit
     backend, identity = _init(config, proposed, run_config, resume, "offline", log)
     return backend, dataclasses.replace(identity, fallback_reason=reason)
+
+
+MIN_ONLINE_ATTEMPT_S = 1.0
+"""The least time wandb is given to start an online run, whatever is left of ``init_timeout``."""
 
 
 def _without_wandb_telemetry() -> None:
@@ -292,7 +304,7 @@ def _argv_scrubbed() -> Iterator[None]:
 
 def _init(
     config: WandbConfig, proposed: RunIdentity, run_config: Mapping[str, Any], resume: str | None, mode: str,
-    logger: logging.Logger,
+    logger: logging.Logger, init_timeout: float | None = None,
 ) -> tuple[WandbBackend, RunIdentity]:
     import wandb
 
@@ -314,7 +326,7 @@ def _init(
             config=dict(run_config),
             sync_tensorboard=config.sync_tensorboard,
             save_code=config.save_code,
-            settings=_settings(config, mode),
+            settings=_settings(config, mode, init_timeout),
             **kwargs,
         )
     backend = WandbBackend(run, step_metric=config.step_metric, logger=logger)

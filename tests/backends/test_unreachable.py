@@ -6,7 +6,8 @@ the one bound wandb is given (``init_timeout``), and the process must exit when 
 on time (docs/performance.md has the measured times, from benchmarks/bench_unreachable.py): they assert on the
 mechanism, and the subprocess and ``run_ranks`` timeouts catch a hang.
 
-- wandb is given ``init_timeout`` as its only wait (``_settings``);
+- wandb is given what is left of ``init_timeout`` as its only wait (``_settings``), counted from the logger's
+  construction;
 - the credentials check sends nothing to the server (``wandb.login`` would ask it for the user name, outside the
   bound): the silent listener sees the run's own requests only, never a ``viewer`` query;
 - nothing reaches the server after ``finish()`` returned: W&B's own telemetry, which would export to that server at
@@ -24,13 +25,14 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from sdxl_dist_log.backends.wandb_backend import _settings
+from sdxl_dist_log.backends.wandb_backend import MIN_ONLINE_ATTEMPT_S
 from sdxl_dist_log.config import WandbConfig
 from sdxl_dist_log.launch.local import run_ranks, values_or_raise
 
@@ -140,9 +142,36 @@ def _run_script(tmp_path: Path, port: int, key: str = FAKE_KEY, marker_port: int
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def test_wandb_waits_for_the_server_under_init_timeout_only() -> None:
-    settings = _settings(WandbConfig(mode="online", init_timeout=7.5), "online")
-    assert settings.init_timeout == 7.5
+def test_wandb_is_given_what_is_left_of_init_timeout(in_child: Callable[..., Any], tmp_path: Path) -> None:
+    """``init_timeout`` counts from the logger's construction: wandb's own bound is the time left to the deadline,
+    never less than ``MIN_ONLINE_ATTEMPT_S``, and it is the one wait the online attempt has."""
+
+    def attempt() -> list[float]:
+        from sdxl_dist_log.backends import wandb_backend
+        from sdxl_dist_log.identity import RunIdentity
+
+        given: list[float] = []
+
+        class Stop(BaseException):
+            pass
+
+        def record(*args: Any, init_timeout: float | None = None, **kwargs: Any) -> Any:
+            given.append(wandb_backend._settings(WandbConfig(mode="online"), "online", init_timeout).init_timeout)
+            raise Stop
+
+        wandb_backend._missing_credentials = lambda wandb: None  # a key is there (no service started for it)
+        wandb_backend._init = record
+        config = WandbConfig(mode="online", init_timeout=30.0, dir="out")
+        for deadline in (time.monotonic() + 20.0, time.monotonic() - 5.0):
+            try:
+                wandb_backend.start_backend(config, RunIdentity("id", "n", None, None), {}, None, deadline=deadline)
+            except Stop:
+                pass
+        return given
+
+    left, late = in_child(attempt, tmp_path)
+    assert 19.0 < left <= 20.0
+    assert late == MIN_ONLINE_ATTEMPT_S
 
 
 def test_a_server_that_never_answers(tmp_path: Path, silent_server: SilentServer) -> None:
