@@ -112,8 +112,8 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=5)
     opts = parser.parse_args()
-    counts()
     per_call(opts.calls, opts.rounds)
+    counts()
 
 
 if __name__ == "__main__":
