@@ -133,7 +133,9 @@ class FaultPolicy:
         kind = type(fault).__name__
         if self.counts[kind] > 1:
             return  # one error per kind: the first names the ranks and the fix; the rest are counted
-        self._report(f"{kind}: {fault} Fix: {fault_advice(fault)}. This call logged nothing; later calls go on "
+        text = str(fault).rstrip()
+        end = "" if text.endswith(".") else "."
+        self._report(f"{kind}: {text}{end} Fix: {fault_advice(fault)}. This call logged nothing; later calls go on "
                      f"(further {kind}s are counted, not repeated). on_logging_fault='raise' raises instead.")
 
 
