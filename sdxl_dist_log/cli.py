@@ -1,4 +1,4 @@
-"""The ``sdxl-dist-log`` command: ``demo``, ``inspect`` and ``submit``, one click group.
+"""The ``sdxl-dist-log`` command: ``demo``, ``inspect``, ``report`` and ``submit``, one click group.
 
 Every option of every subcommand is declared here, so ``--help`` shows each default and choice, and one parser
 handles the whole command line, ``submit``'s ``--`` included. A user error (a bad value, a missing argument, an
@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-__all__ = ["cli", "demo_command", "inspect_command", "main", "run_command", "submit_command"]
+__all__ = ["cli", "demo_command", "inspect_command", "main", "report_command", "run_command", "submit_command"]
 
 _SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"], "show_default": True, "max_content_width": 110}
 _TAIL_LINES = 40
@@ -91,6 +91,37 @@ def inspect_command(run_dirs: tuple[str, ...]) -> int:
                 continue
             print(("\n" if index or run_path != runs[0] else "") + summary)
     return status
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# report
+# ------------------------------------------------------------------------------------------------------------------
+@cli.command("report", context_settings=_SETTINGS, short_help="write a self-contained HTML report of a run")
+@click.argument("run_dirs", nargs=-1, required=True, metavar="RUN_DIR...")
+@click.option("-o", "--output", default="report.html", type=click.Path(dir_okay=False, writable=True),
+              help="the HTML file to write")
+@click.option("--max-points", type=click.IntRange(min=2), default=1000,
+              help="points per line at most; longer lines keep each stretch's lowest and highest value")
+@click.option("--max-columns", type=click.IntRange(min=1), default=1000, help="time buckets per heatmap row at most")
+@click.option("--max-image-steps", type=click.IntRange(min=2), default=12,
+              help="image logs shown at most, spread over the run")
+def report_command(run_dirs: tuple[str, ...], output: str, max_points: int, max_columns: int,
+                   max_image_steps: int) -> int:
+    """Write one HTML file showing a run: metrics, GPU heatmaps, stragglers, images, artifacts, config, attempts.
+
+    RUN_DIR is a run directory, its .wandb file, or a folder holding runs. The directories of a requeued run (one
+    run id, one directory per attempt) are read as one run; runs of different ids are an error. The file needs no
+    network: the plotting library and the images are inside it.
+    """
+    from sdxl_dist_log.report import ReportOptions, write_report
+
+    options = ReportOptions(max_points=max_points, max_columns=max_columns, max_image_steps=max_image_steps)
+    try:
+        path = write_report(run_dirs, output, options)
+    except (FileNotFoundError, ValueError, ModuleNotFoundError) as exc:
+        raise click.UsageError(str(exc), ctx=click.get_current_context()) from None
+    print(f"report: {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+    return 0
 
 
 # ------------------------------------------------------------------------------------------------------------------

@@ -120,6 +120,12 @@ class WandbConfig:
     so training goes on; "raise" raises it (see docs/distributed.md). A call's own bad argument is always raised."""
     strict_keys: bool = False
     """Raise on every rank when ranks pass different metric keys, instead of logging their union."""
+    straggler_threshold: float = 1.5
+    """A rank counts as a straggler in a section (``WandbLogger.section``) when its time is at least this many times
+    the median rank's (> 1)."""
+    straggler_patience: int = 3
+    """Logging calls in a row the same rank must be the slowest of a section, above ``straggler_threshold``, before a
+    warning names it with its host and GPU (>= 1)."""
     async_metrics: bool = False
     """Run logging collectives on a background thread; the training thread never waits for them."""
     init_timeout: float = 60.0
@@ -158,6 +164,10 @@ class WandbConfig:
         for name in ("collective_timeout", "collective_warn_after", "init_timeout", "finish_timeout", "flush_interval"):
             _check_number(owner, name, getattr(self, name), minimum=0, inclusive=False)
         _check_number(owner, "primary_rank", self.primary_rank, minimum=0)
+        _check_number(owner, "straggler_threshold", self.straggler_threshold, minimum=1, inclusive=False)
+        if isinstance(self.straggler_patience, bool) or not isinstance(self.straggler_patience, int):
+            raise ConfigError(f"{owner}.straggler_patience={self.straggler_patience!r} must be an integer")
+        _check_number(owner, "straggler_patience", self.straggler_patience, minimum=1)
         low, high = self.image_value_range
         if not low < high:
             raise ConfigError(f"{owner}.image_value_range={self.image_value_range!r} must be (low, high) with low < high")

@@ -188,5 +188,22 @@ def run(nproc: int = 2, **train_options: Any) -> int:
 
     print(f"\nW&B offline run: {run_dir}")
     print(f"sync it later with: wandb sync {run_dir}\n")
-    print(format_run(read_run(run_dir)))
+    run = read_run(run_dir)
+    print(format_run(run))
+    print(f"\n{_write_report(Path(run_dir), run.run_id)}")
     return 0
+
+
+def _write_report(run_dir: Path, run_id: str) -> str:
+    """Write the run's HTML report beside its directory, every attempt of the run id included; the line to print."""
+    try:
+        import plotly  # noqa: F401  (only to say how to get the report when it is missing)
+    except ModuleNotFoundError:
+        return "report: skipped; pip install 'sdxl-dist-log[report]' to get an HTML report of the run"
+    from sdxl_dist_log.offline import find_run_dirs
+    from sdxl_dist_log.report import write_report
+
+    attempts = [d for d in find_run_dirs(run_dir.parent) if d.name.endswith(f"-{run_id}")]  # a --resume adds one
+    path = write_report(attempts or [run_dir], run_dir.parent / f"report-{run_id}.html")
+    return f"report: {path} (open it in a browser; it needs no network)"
+

@@ -16,6 +16,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import Any
 
@@ -27,7 +28,7 @@ from sdxl_dist_log.backends.base import Backend, NullBackend
 from sdxl_dist_log.collectives import Collectives
 from sdxl_dist_log.config import WandbConfig
 from sdxl_dist_log.dispatch import Dispatcher
-from sdxl_dist_log.errors import ConfigError, ImageInputError, MetricValueError
+from sdxl_dist_log.errors import ConfigError, MetricValueError
 from sdxl_dist_log.faults import FaultPolicy, Notices
 from sdxl_dist_log.framing import CallInfo
 from sdxl_dist_log.identity import CONFIG_SECTION, RunIdentity, launch_record, propose_identity
@@ -39,6 +40,7 @@ from sdxl_dist_log.ranks import Launch, RankInfo
 from sdxl_dist_log.reduction import MetricReducer, PreparedMetrics
 from sdxl_dist_log.runconfig import checked_config, deep_merge
 from sdxl_dist_log.secrets import redact_secrets
+from sdxl_dist_log.straggler import StragglerView
 
 _log = logging.getLogger("sdxl_dist_log")
 
@@ -59,6 +61,7 @@ class WandbLogger:
         env: the environment to read the launch from (rank, job ids, ``SDXL_DIST_LOG_*`` overrides); ``os.environ``
             when None. It is read once, here.
         nvml: an NVML module (or a test double with its API) to sample GPUs with; ``pynvml`` when None.
+        clock: seconds, monotonic, for ``section`` timings; ``time.perf_counter`` when None.
         backend: what the primary writes to instead of the W&B run it would start: ``NullBackend()`` runs every
             collective without W&B (benchmarks and tests). ``mode="disabled"`` makes no collective at all.
 
@@ -75,6 +78,7 @@ class WandbLogger:
         rank_info: RankInfo | None = None,
         env: Mapping[str, str] | None = None,
         nvml: Any | None = None,
+        clock: Callable[[], float] | None = None,
         backend: Backend | None = None,
     ) -> None:
         started = time.monotonic()  # init_timeout counts from here: a fallback run is ready about 1 s after it
@@ -89,16 +93,15 @@ class WandbLogger:
         # disabled: every rank has this config, so no rank needs another's word: no group, no collective at all
         self._collectives = Collectives(rank=rank.rank, world_size=1, timeout=cfg.collective_timeout) \
             if cfg.mode == "disabled" else Collectives.create(rank=rank.rank, world_size=rank.world_size,
-                                                              timeout=cfg.collective_timeout)
+                                                              launch=launch, timeout=cfg.collective_timeout,
+                                                              primary=cfg.primary_rank)
         if self._collectives.active:
             rank = rank.with_process_group(self._collectives.rank, self._collectives.world_size)
             launch = dataclasses.replace(launch, rank=rank)
             self._collectives.warn_when_waiting(cfg.collective_warn_after, self._warn)
         elif rank.world_size > 1 and cfg.mode != "disabled":
-            self._warn(
-                f"WORLD_SIZE={rank.world_size} but torch.distributed is not initialized: metrics are not reduced "
-                f"across ranks; only rank {cfg.primary_rank} logs (its own values) to the run"
-            )
+            self._warn(f"WORLD_SIZE={rank.world_size} but torch.distributed is not initialized: metrics are not "
+                       f"reduced across ranks; only rank {cfg.primary_rank} logs (its own values) to the run")
         if cfg.primary_rank >= rank.world_size:
             raise ConfigError(f"WandbConfig.primary_rank={cfg.primary_rank} is not a rank of this launch "
                               f"(world size {rank.world_size})")
@@ -119,6 +122,8 @@ class WandbLogger:
         self._metrics = MetricReducer(
             self._collectives, metric_reduce=cfg.metric_reduce, primary_rank=cfg.primary_rank,
             strict_keys=cfg.strict_keys, warn=lambda message, key: self.is_primary and self._warn(message, key))
+        self._stragglers = StragglerView.start(self._collectives, rank, cfg, primary=self.is_primary, clock=clock,
+                                               warn=self._warn, merge_config=self._merge_run_config)
         self._dispatcher = Dispatcher(threaded=cfg.async_metrics)
         self._system = self._start_system_metrics()
         self._signals = SignalChain(self._close_on_signal, self._log)
@@ -188,7 +193,8 @@ class WandbLogger:
         """
         if self._off:
             return None
-        prepared = self._metrics.prepare(metrics, reduce, non_blocking=self._dispatcher.threaded)
+        sections = self._stragglers.take()
+        prepared = self._metrics.prepare(metrics, reduce, non_blocking=self._dispatcher.threaded, sections=sections)
         step, error = checked_call(step, prefix, MetricValueError)
         if error is not None:  # a bad step, like a bad value, must still reach the collective (as an error flag)
             prepared = prepared.failed(error)
@@ -198,10 +204,8 @@ class WandbLogger:
 
     def _collective(self, job: Callable[[], Any], call: CallInfo, own: Exception | None, fallback: Any) -> Any:
         """Run ``job`` (a call's collective part) under the fault policy, inline or queued (then return ``fallback``).
-
         This rank's own input error is raised once its flagged row is on its way; an earlier background job's error
-        only after this call was queued (raising first would make this rank skip a collective the others make).
-        """
+        only after this call was queued (raising first would make this rank skip a collective the others make)."""
         if own is not None and not self._collectives.active:
             raise own_error(own, call, self.rank_info.rank, self.rank_info.world_size)
         result: list[Any] = []
@@ -212,10 +216,16 @@ class WandbLogger:
         return result[0] if result else fallback
 
     def _reduce_and_log(self, prepared: PreparedMetrics, call: CallInfo, prefix: str, commit: bool) -> dict[str, float]:
-        logged = apply_prefix(self._metrics.reduce(prepared, call), prefix)
+        reduced = self._metrics.reduce(prepared, call)
+        logged = apply_prefix(reduced.values, prefix)
         self._warn_if_degraded(call)
-        self._write("log_row", logged, step=call.step, commit=commit)
+        self._write("log_row", self._stragglers.row(logged, prepared.sections, reduced.section_times),
+                    step=call.step, commit=commit)
         return logged
+
+    def section(self, name: str) -> AbstractContextManager[None]:
+        """``with wb.section("data"):`` times a part of the step for the straggler view (``StragglerView.section``)."""
+        return self._stragglers.section(name)
 
     # -- images -------------------------------------------------------------------------------------------------
     def log_images(self, images: Any, captions: Sequence[str] | str | None = None, step: int | None = None, *,
@@ -251,26 +261,16 @@ class WandbLogger:
     def _gather_and_log_images(
         self, arrays: list[np.ndarray], captions: list[str | None], error: Exception | None, key: str, call: CallInfo
     ) -> int:
-        cap = self.config.max_images_to_log
-        encoded = transport.encode_captions(captions)
-        offer = transport.pack_offer(arrays, encoded, cap, failed=error is not None)
-        plan = transport.plan_gather(self._collectives.all_gather_rows(offer, call), cap)
-        if plan.failed_ranks:  # this rank's own error, if any, is raised by the caller
-            raise ImageInputError(f"{call}: ranks {plan.failed_ranks} passed invalid images or captions; "
-                                  "nothing was logged")
-        if sum(plan.offered) > cap and self.is_primary:
-            self._warn(f"{call}: {sum(plan.offered)} images offered, logging {cap} (max_images_to_log); "
-                       f"per rank {plan.shares}", once_key="image-cap")
-        mine = plan.shares[self.rank_info.rank if self._collectives.active else 0]
-        payload = transport.pack_payload(arrays, encoded, mine)
-        buffers = self._collectives.gather_bytes(payload, plan.sizes, dst=self.config.primary_rank, call=call)
+        cap, collectives = self.config.max_images_to_log, self._collectives
+        gathered = collectives.run(transport.gather_steps(collectives, arrays, captions, cap, call, error), call)
         if not self.is_primary:
-            return mine
-        images, names = transport.unpack_payloads(plan, buffers, label_ranks=len(plan.shares) > 1)
+            return gathered.sent
+        if gathered.over_cap(cap, call):
+            self._warn(gathered.over_cap(cap, call), once_key="image-cap")
         self._warn_if_degraded(call)
-        if images:
-            self._write("log_images", key, images, names, step=call.step)
-        return len(images)
+        if gathered.images:
+            self._write("log_images", key, gathered.images, gathered.captions, step=call.step)
+        return len(gathered.images)
 
     # -- checkpoints and config ---------------------------------------------------------------------------------
     def log_model(
@@ -316,15 +316,13 @@ class WandbLogger:
             The whole merged config as logged (on the primary; {} elsewhere).
 
         Raises:
-            RunConfigError: a key or value W&B cannot store, on any rank that calls (named: ``'optim.betas[1]'``);
-                nothing of the call is logged.
+            RunConfigError: a key or value W&B cannot store, on any rank that calls (named: ``'optim.betas[1]'``).
         """
         self._dispatcher.raise_pending()
         clean = redact_secrets(checked_config(values, "log_config"))
         if not self.is_primary:
             return {}
-        self._run_config = deep_merge(self._run_config, clean)
-        self._backend.update_config({k: self._run_config[k] for k in clean})
+        self._merge_run_config(clean)
         return dict(self._run_config)
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
@@ -401,8 +399,12 @@ class WandbLogger:
         known = self._run_config.get("sdxl_dist_log", {}).get("hostnames", {})
         named = {f"node{n}": host for n, host in sorted(hosts.items())}
         if named and named != known:
-            self._run_config = deep_merge(self._run_config, {"sdxl_dist_log": {"hostnames": named}})
-            self._backend.update_config({"sdxl_dist_log": self._run_config["sdxl_dist_log"]})
+            self._merge_run_config({"sdxl_dist_log": {"hostnames": named}})
+
+    def _merge_run_config(self, values: Mapping[str, Any]) -> None:
+        with self._lock:  # merged into the run config; the primary's run gets the top-level sections they touch
+            self._run_config = deep_merge(self._run_config, values)
+            self._backend.update_config({key: self._run_config[key] for key in values})
 
     def _warn_if_degraded(self, call: CallInfo) -> None:
         failure = self._collectives.failure

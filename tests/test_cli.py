@@ -183,3 +183,42 @@ def test_inspect_bad_path_exits_2_with_a_message(tmp_path: Path) -> None:
     done = subprocess.run([*_cli(), "inspect", str(empty)], capture_output=True, text=True,
                           timeout=SUBPROCESS_TIMEOUT_S)
     assert done.returncode == 2 and "no run directories" in done.stderr
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# report (a real run's report: tests/report/test_build.py)
+# ------------------------------------------------------------------------------------------------------------------
+def test_report_help_shows_every_default(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Usage: sdxl-dist-log report [OPTIONS] RUN_DIR...")
+    ctx = click.Context(cli.report_command, info_name="report", show_default=True)
+    for param in cli.report_command.params:
+        if isinstance(param, click.Option) and param.name != "help":
+            assert "[default: " in param.get_help_record(ctx)[1], param.opts[0]
+
+
+def test_report_defaults_match_report_options() -> None:
+    from sdxl_dist_log.report import ReportOptions
+
+    params = cli.report_command.make_context("report", ["x"]).params
+    defaults = ReportOptions()
+    assert (params["max_points"], params["max_columns"], params["max_image_steps"]) == (
+        defaults.max_points, defaults.max_columns, defaults.max_image_steps)
+    assert params["output"] == "report.html"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["report"], "Missing argument 'RUN_DIR...'"),
+        (["report", "nowhere"], "no such run file or directory: nowhere"),
+        (["report", "."], "holds no run directories"),
+        (["report", ".", "--max-points", "1"], "'--max-points': 1 is not in the range x>=2"),
+    ],
+)
+def test_report_user_errors_are_one_line(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sdxl-dist-log report: error: ") and message in err and len(err.strip().splitlines()) == 1
+    assert not Path("report.html").exists()

@@ -170,7 +170,7 @@ def test_wandb_is_given_what_is_left_of_init_timeout(in_child: Callable[..., Any
         return given
 
     left, late = in_child(attempt, tmp_path)
-    assert 19.0 < left <= 20.0
+    assert MIN_ONLINE_ATTEMPT_S < left < 20.0  # what was left: importing wandb came out of the 20 s
     assert late == MIN_ONLINE_ATTEMPT_S
 
 
