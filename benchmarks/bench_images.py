@@ -2,8 +2,9 @@
 
 Every rank holds K uint8 images (H x W x 3); each pattern brings all ranks' images to rank 0:
 
-  ours (disabled)   ``WandbLogger.log_images``, mode="disabled": the gather still runs (the shapes table travels in
-                    one ``all_gather`` of float64 rows, the pixels as uint8 in one ``gather``); nothing is written
+  ours (no W&B)     ``WandbLogger.log_images`` with ``backend=NullBackend()``: the gather runs (the shapes table
+                    travels in one ``all_gather`` of float64 rows, the pixels as uint8 in one ``gather``); nothing
+                    is written
   ours (offline)    the same with mode="offline": rank 0 also turns every image into a ``wandb.Image`` (PNG encode
                     and a file in the run) -- the full cost of logging samples
   gather_object     ``dist.gather_object(list_of_numpy_arrays, dst=0)`` (pickle; one all_gather of sizes + a gather)
@@ -54,7 +55,7 @@ from bench_metrics import (  # noqa: E402
 
 PATTERNS = ("ours", "ours_offline", "gather_object", "all_gather_object", "uint8_gather")
 LABELS = {
-    "ours": "ours log_images (disabled)",
+    "ours": "ours log_images (no W&B)",
     "ours_offline": "ours log_images (offline W&B)",
     "gather_object": "gather_object(list of arrays)",
     "all_gather_object": "all_gather_object(list)",
@@ -89,6 +90,7 @@ def _as_numpy_list(images: Any) -> list[np.ndarray]:
 
 def _images_child(rank: int, world: int, cfg: dict[str, Any]) -> dict[str, Any]:
     from sdxl_dist_log import WandbConfig, WandbLogger
+    from sdxl_dist_log.backends.base import NullBackend
 
     device, backend = cfg["device"], cfg["backend"]
     control = Control()
@@ -96,7 +98,7 @@ def _images_child(rank: int, world: int, cfg: dict[str, Any]) -> dict[str, Any]:
     cap = max(16, world * max(cfg["per_rank"]))
     base = dict(project="bench", dir=cfg["tmp"], log_system_metrics=False, collective_timeout=120.0,
                 init_timeout=60.0, finish_timeout=60.0, max_images_to_log=cap)
-    loggers = {"ours": WandbLogger(WandbConfig(**base, mode="disabled"))}
+    loggers = {"ours": WandbLogger(WandbConfig(**base, mode="offline"), backend=NullBackend())}
     if cfg["offline"]:
         loggers["ours_offline"] = WandbLogger(WandbConfig(**base, mode="offline"))
     probe = CollectiveProbe(count_syncs=device == "cuda")

@@ -3,7 +3,7 @@
 Every pattern turns the same per-rank dict of N scalar metrics into N reduced (mean over ranks) python floats on
 every rank, in real processes (one per rank) joined by a process group:
 
-  ours            ``WandbLogger.log_metrics`` (mode="disabled": the collective path only, no W&B write)
+  ours            ``WandbLogger.log_metrics`` (``backend=NullBackend()``: the collective path only, no W&B write)
   ours async      the same with ``async_metrics=True``: the time is the TRAINING thread's; the reduction runs on the
                   logger's worker thread ("drained" adds the worker's time: a burst of calls plus the drain, per call)
   ours offline    (one configuration) mode="offline": the full cost, rank 0 writes the row into a real W&B run
@@ -172,7 +172,7 @@ class Control:
 
 PATTERNS = ("ours", "ours_async", "ours_offline", "lightning", "all_reduce_per_key", "gather_object", "item_one_reduce")
 LABELS = {
-    "ours": "ours log_metrics (disabled)",
+    "ours": "ours log_metrics (no W&B)",
     "ours_async": "ours async_metrics (train thread)",
     "ours_offline": "ours log_metrics (offline W&B)",
     "lightning": "Lightning barrier+all_reduce /key",
@@ -194,14 +194,16 @@ def expected_means(n: int, world: int) -> np.ndarray:
 
 def _metrics_child(rank: int, world: int, cfg: dict[str, Any]) -> dict[str, Any]:
     from sdxl_dist_log import WandbConfig, WandbLogger
+    from sdxl_dist_log.backends.base import NullBackend
 
     device, backend = cfg["device"], cfg["backend"]
     control = Control()
     peers = dist.new_group(backend="gloo") if backend == "gloo" else None  # None: the default (NCCL) group
     base = dict(project="bench", dir=cfg["tmp"], log_system_metrics=False, collective_timeout=120.0,
                 init_timeout=60.0, finish_timeout=30.0)
-    loggers = {"ours": WandbLogger(WandbConfig(**base, mode="disabled")),
-               "ours_async": WandbLogger(WandbConfig(**base, mode="disabled", async_metrics=True))}
+    loggers = {"ours": WandbLogger(WandbConfig(**base, mode="offline"), backend=NullBackend()),
+               "ours_async": WandbLogger(WandbConfig(**base, mode="offline", async_metrics=True),
+                                         backend=NullBackend())}
     offline = cfg["offline"] and world == cfg["offline_ranks"]
     if offline:
         loggers["ours_offline"] = WandbLogger(WandbConfig(**base, mode="offline"))

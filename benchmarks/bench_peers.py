@@ -4,7 +4,7 @@ Every pattern turns the same per-rank dict of N 0-d float32 CPU tensors into N m
 on every rank, in real processes joined by a gloo process group. The peers are the installed libraries (the
 ``bench`` extra: ``pip install -e '.[bench]'``), called the way their users call them:
 
-  ours            ``WandbLogger.log_metrics``, blocking, mode="disabled" (no W&B write), every check kept
+  ours            ``WandbLogger.log_metrics``, blocking, ``backend=NullBackend()`` (no W&B write), every check kept
   ours offline    the same with mode="offline" (rank 0 writes the row into a real offline W&B run, on the caller's
                   thread)
   acc gather      the best pattern an Accelerate user writes: ``accelerate.utils.gather(torch.stack(values))``, then
@@ -44,7 +44,7 @@ from sdxl_dist_log.testing.probe import CollectiveProbe  # noqa: E402
 from sdxl_dist_log.testing.wandb_env import wandb_environment  # noqa: E402
 
 PATTERNS = ("ours", "ours_offline", "acc_gather", "acc_reduce", "lightning", "torchmetrics")
-LABELS = {"ours": "ours log_metrics (disabled)", "ours_offline": "ours log_metrics (offline W&B)",
+LABELS = {"ours": "ours log_metrics (no W&B)", "ours_offline": "ours log_metrics (offline W&B)",
           "acc_gather": "Accelerate gather(stack) + mean", "acc_reduce": "Accelerate reduce /key",
           "lightning": "Lightning sync_dist /key", "torchmetrics": "torchmetrics MeanMetric /key"}
 
@@ -56,12 +56,13 @@ def _child(rank: int, world: int, cfg: dict[str, Any]) -> dict[str, Any]:
     from torchmetrics.aggregation import MeanMetric
 
     from sdxl_dist_log import WandbConfig, WandbLogger
+    from sdxl_dist_log.backends.base import NullBackend
 
     PartialState(cpu=True)  # joins the process group the runner made
     control = Control()
     base = dict(project="bench", dir=cfg["tmp"], log_system_metrics=False, collective_timeout=120.0,
                 init_timeout=60.0, finish_timeout=30.0)
-    loggers = {"ours": WandbLogger(WandbConfig(**base, mode="disabled"))}
+    loggers = {"ours": WandbLogger(WandbConfig(**base, mode="offline"), backend=NullBackend())}
     if "ours_offline" in cfg["patterns"]:
         loggers["ours_offline"] = WandbLogger(WandbConfig(**base, mode="offline"))
     probe = CollectiveProbe()

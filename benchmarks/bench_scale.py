@@ -30,13 +30,15 @@ def _child(keys: int, rank: int) -> dict[str, Any]:
     import psutil
 
     from sdxl_dist_log import WandbConfig, WandbLogger
+    from sdxl_dist_log.backends.base import NullBackend
     from sdxl_dist_log.testing.probe import CollectiveProbe
 
     def established() -> int:
         return sum(1 for c in psutil.Process().net_connections(kind="tcp") if c.status == "ESTABLISHED")
 
     before = established()
-    wb = WandbLogger(WandbConfig(project="bench", mode="disabled", log_system_metrics=False, collective_timeout=300.0))
+    wb = WandbLogger(WandbConfig(project="bench", mode="offline", log_system_metrics=False, collective_timeout=300.0),
+                     backend=NullBackend())  # the collectives without W&B
     after_create = established() - before
     metrics = {f"k{i:03d}": float(i + rank) for i in range(keys)}
     wb.log_metrics(metrics, step=0)

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-_ERRORS = ("CollectiveError", "CollectiveTimeoutError", "ConfigError", "ImageInputError", "LoggingInputError",
-           "MetricKeyMismatchError", "MetricValueError", "RankEnvironmentError", "RanksOutOfStepError",
-           "SdxlDistLogError", "WandbFileError")
+_ERRORS = ("CheckpointError", "CollectiveError", "CollectiveTimeoutError", "ConfigError", "ImageInputError",
+           "LoggingInputError", "MetricKeyMismatchError", "MetricValueError", "RankEnvironmentError",
+           "RanksOutOfStepError", "RunConfigError", "SdxlDistLogError", "WandbFileError")
 _EXPORTS = {
     "WandbConfig": "sdxl_dist_log.config",
     "LogConfig": "sdxl_dist_log.config",
@@ -36,6 +36,7 @@ __all__ = sorted(_EXPORTS) + ["__version__"]
 if TYPE_CHECKING:
     from sdxl_dist_log.config import LogConfig, WandbConfig
     from sdxl_dist_log.errors import (
+        CheckpointError,
         CollectiveError,
         CollectiveTimeoutError,
         ConfigError,
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
         MetricValueError,
         RankEnvironmentError,
         RanksOutOfStepError,
+        RunConfigError,
         SdxlDistLogError,
         WandbFileError,
     )

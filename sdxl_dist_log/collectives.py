@@ -12,7 +12,9 @@ Groups connect lazily where torch allows it (``_gloo_backend``): a rank opens a 
 sends to it, not a full mesh when the group is made.
 
 Every collective is bounded by ``timeout``. A rank that has waited ``presence_after`` seconds posts its presence to
-the process group's key-value store; when the wait fails, the ranks that never posted are named in the error. Rows
+the process group's key-value store; when the wait fails, the ranks that never posted are named in the error, and
+with ``warn_when_waiting`` a call still waiting after a few seconds reports the missing ranks long before that. A
+peer whose connection closed (its process died) fails the call as a timeout does, with the same error type. Rows
 travel in frames with a call header (``framing.py``), so a rank that skipped a call is caught in the next one. After
 any failure the groups are closed for logging: later calls reduce nothing and say so once, and training goes on.
 
@@ -28,13 +30,14 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from datetime import timedelta
 from typing import Any
 
 import numpy as np
 
 from sdxl_dist_log.errors import CollectiveError, CollectiveTimeoutError
+from sdxl_dist_log.faults import collective_failure, waiting_message
 from sdxl_dist_log.framing import CallInfo, out_of_step
 from sdxl_dist_log.hierarchy import (
     ALL_GATHER,
@@ -50,6 +53,7 @@ from sdxl_dist_log.hierarchy import (
     Stage,
     call_rounds,
 )
+from sdxl_dist_log.presence import Presence
 from sdxl_dist_log.ranks import Launch, RankInfo
 from sdxl_dist_log.topology import Topology, exchange_layout
 
@@ -143,6 +147,9 @@ class Collectives:
         self.namespace = namespace
         self.state = CallState()
         self._in_flight: tuple[int, float] | None = None
+        self._in_flight_call: CallInfo | None = None
+        self._warn_after: float | None = None
+        self._report_wait: Callable[[str], Any] | None = None
         self._watchdog: threading.Thread | None = None
         self._closed = threading.Event()
         self._broadcasts = 0
@@ -322,17 +329,32 @@ class Collectives:
                 except Exception as exc:  # the default group may already be gone at interpreter exit
                     _log.debug("could not destroy a logging group: %s", exc)
 
+    def warn_when_waiting(self, after: float, report: Callable[[str], Any]) -> None:
+        """Report once per call that has waited ``after`` seconds with ranks missing, naming them and the likely cause.
+
+        Ranks post their presence by half that wait, so the ranks that did arrive are known when the report is made.
+        Local; no collective.
+
+        Args:
+            after: seconds a call waits before the report.
+            report: takes the message (the logger's ``warning``); called on the watchdog thread.
+        """
+        self._warn_after = after
+        self._report_wait = report
+        self.presence_after = min(self.presence_after, after / 2)
+
     # -- failure handling ---------------------------------------------------------------------------------------
     def _wait(self, work: Any, call: CallInfo, bound: float) -> None:
         # A plain bounded wait: nothing per call but two attribute writes. Presence for the error message is posted
         # by the watchdog thread, only for calls still waiting after presence_after seconds.
         self._ensure_watchdog()
+        self._in_flight_call = call
         self._in_flight = (self.state.sequence, time.monotonic())
         try:
             work.wait(timeout=timedelta(seconds=bound))
         except RuntimeError as exc:
-            timed_out = "timed out" in str(exc).lower()
-            self._fail(timed_out, f"timed out after {self.timeout:g} s" if timed_out else f"failed ({exc})", call)
+            kind, what = collective_failure(str(exc), self.timeout)  # a closed peer connection counts as a timeout
+            self._fail(kind is CollectiveTimeoutError, what, call)
         finally:
             self._in_flight = None
 
@@ -342,54 +364,34 @@ class Collectives:
             self._watchdog.start()
 
     def _watch(self) -> None:
-        posted = -1
+        posted = warned = -1
         while not self._closed.wait(self.presence_after / 2):
             in_flight = self._in_flight
             if in_flight is None:
                 continue
             sequence, started = in_flight
-            if sequence != posted and time.monotonic() - started >= self.presence_after:
-                self._post_presence(sequence)
+            waited = time.monotonic() - started
+            if sequence != posted and waited >= self.presence_after:
+                self._presence.post(sequence)
                 posted = sequence
+            if sequence != warned and self._warn_after is not None and waited >= self._warn_after:
+                warned = sequence
+                self._report_missing(sequence, waited)
 
-    def _presence_key(self, sequence: int | None = None) -> str:
-        return f"{self.namespace}/present/{self.state.sequence if sequence is None else sequence}"
+    def _report_missing(self, sequence: int, waited: float) -> None:
+        missing = self._presence.missing_now(sequence)
+        if missing and self._report_wait is not None and self._in_flight is not None:
+            self._report_wait(waiting_message(str(self._in_flight_call), self.rank, missing, waited, self.timeout))
 
-    def _post_presence(self, sequence: int | None = None) -> None:
-        try:
-            self._store.append(self._presence_key(sequence), f"{self.rank},")
-        except Exception as exc:  # the store's host may be gone; naming ranks is best effort
-            _log.debug("could not post presence: %s", exc)
-
-    def _absent_ranks(self, grace: float) -> list[int] | None:
-        """Ranks that never posted presence for the current call, after waiting ``grace`` seconds for stragglers."""
-        result: list[list[int] | None] = [None]
-        key = self._presence_key()
-
-        def read() -> None:
-            try:
-                self._post_presence()
-                deadline = time.monotonic() + grace
-                present: set[int] = set()
-                while True:
-                    if self._store.check([key]):
-                        present = {int(r) for r in self._store.get(key).decode().split(",") if r}
-                    if len(present) >= self.world_size or time.monotonic() >= deadline:
-                        break
-                    time.sleep(0.05)
-                result[0] = sorted(set(range(self.world_size)) - present)
-            except Exception as exc:  # the store's host may be gone: the error message says so instead
-                _log.debug("could not read presence: %s", exc)
-
-        reader = threading.Thread(target=read, name="sdxl-dist-log-presence", daemon=True)
-        reader.start()
-        reader.join(grace + 2.0)  # bounded: the store itself may hang if its host died
-        return result[0]
+    @functools.cached_property
+    def _presence(self) -> Presence:
+        return Presence(self._store, self.namespace, self.rank, self.world_size)
 
     def _fail(self, timed_out: bool, what: str, call: CallInfo) -> None:
         # a rank that failed early (a peer's socket closed) waits for the others to post, which they do after
         # presence_after seconds of waiting
-        absent = self._absent_ranks(grace=self.presence_after + min(5.0, max(1.0, self.timeout / 10)))
+        absent = self._presence.absent(self.state.sequence,
+                                       grace=self.presence_after + min(5.0, max(1.0, self.timeout / 10)))
         if absent:
             who = f"ranks {absent} did not reach it"
         elif absent == []:

@@ -13,12 +13,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from sdxl_dist_log.errors import ConfigError
+from sdxl_dist_log.errors import ConfigError, RunConfigError
+from sdxl_dist_log.runconfig import checked_config
 
 _T = TypeVar("_T")
 
 MODES = ("online", "offline", "disabled")
 FALLBACK_MODES = ("offline", "disabled")
+FAULT_POLICIES = ("continue", "raise")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DEFAULT_STEP_METRIC = "trainer/step"
 """The key that carries the training step in every row, unless ``WandbConfig.step_metric`` names another."""
@@ -107,7 +109,15 @@ class WandbConfig:
     primary_rank: int = 0
     """The rank that owns the W&B run and uploads artifacts."""
     collective_timeout: float = 300.0
-    """Seconds a logging collective waits for every rank before raising ``CollectiveTimeoutError``."""
+    """Seconds a logging collective waits for every rank before it fails with ``CollectiveTimeoutError`` (handled by
+    ``on_logging_fault``)."""
+    collective_warn_after: float = 5.0
+    """Seconds a logging collective waits with ranks missing before a warning names them and the likely cause (a
+    logging call under a rank check), long before ``collective_timeout``."""
+    on_logging_fault: str = "continue"
+    """What a logging fault (ranks missing at a call, ranks out of step, a dead peer, another rank's bad input) does:
+    "continue" logs one error per kind naming the ranks and the fix, and the call returns as if nothing was logged,
+    so training goes on; "raise" raises it (see docs/distributed.md). A call's own bad argument is always raised."""
     strict_keys: bool = False
     """Raise on every rank when ranks pass different metric keys, instead of logging their union."""
     straggler_threshold: float = 1.5
@@ -119,7 +129,9 @@ class WandbConfig:
     async_metrics: bool = False
     """Run logging collectives on a background thread; the training thread never waits for them."""
     init_timeout: float = 60.0
-    """Seconds the primary waits for an online ``wandb.init`` before falling back."""
+    """Seconds an online run may take to start, counted from the logger's construction (importing wandb and starting
+    its service included; wandb gets what is left, at least 1 s); then ``fallback_mode`` takes over, its run ready
+    about a second later on every rank."""
     fallback_mode: str = "offline"
     """What an online run that cannot start becomes: "offline" or "disabled"."""
     finish_timeout: float = 60.0
@@ -148,7 +160,8 @@ class WandbConfig:
             raise ConfigError(f"{owner}.max_images_to_log={self.max_images_to_log!r} must be an integer")
         _check_number(owner, "max_images_to_log", self.max_images_to_log, minimum=0)
         _check_number(owner, "system_metrics_interval", self.system_metrics_interval, minimum=0, inclusive=False)
-        for name in ("collective_timeout", "init_timeout", "finish_timeout", "flush_interval"):
+        _check_choice(owner, "on_logging_fault", self.on_logging_fault, FAULT_POLICIES)
+        for name in ("collective_timeout", "collective_warn_after", "init_timeout", "finish_timeout", "flush_interval"):
             _check_number(owner, name, getattr(self, name), minimum=0, inclusive=False)
         _check_number(owner, "primary_rank", self.primary_rank, minimum=0)
         _check_number(owner, "straggler_threshold", self.straggler_threshold, minimum=1, inclusive=False)
@@ -167,6 +180,10 @@ class WandbConfig:
             raise ConfigError(f"{owner}.metric_reduce: {exc}") from None
         if not self.step_metric:
             raise ConfigError(f"{owner}.step_metric must be a non-empty key")
+        try:
+            checked_config(self.config, where=f"{owner}.config")
+        except RunConfigError as exc:
+            raise ConfigError(str(exc)) from None
 
     @property
     def wandb_resume(self) -> str | None:

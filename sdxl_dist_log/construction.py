@@ -75,3 +75,10 @@ def without_process_group(world_size: int, primary_rank: int) -> str:
     """The warning for a launch of several ranks whose training script did not initialize torch.distributed."""
     return (f"WORLD_SIZE={world_size} but torch.distributed is not initialized: metrics are not reduced across "
             f"ranks; only rank {primary_rank} logs (its own values) to the run")
+
+
+def check_primary_rank(primary_rank: int, world_size: int) -> None:
+    """Raise ``ConfigError`` when ``WandbConfig.primary_rank`` names no rank of this launch."""
+    if primary_rank >= world_size:
+        raise ConfigError(f"WandbConfig.primary_rank={primary_rank} is not a rank of this launch "
+                          f"(world size {world_size})")

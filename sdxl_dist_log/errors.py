@@ -2,7 +2,8 @@
 
 Catch ``SdxlDistLogError`` for all of them. Each also derives from the built-in type that fits its cause
 (``ValueError`` for bad input, ``RuntimeError`` for a failure between ranks), so code written against the built-in
-types keeps working.
+types keeps working. Every class is exported from ``sdxl_dist_log``; docs/distributed.md has the table of which
+call raises which, on which ranks.
 
 The tree:
 
@@ -10,10 +11,12 @@ The tree:
     ├── ConfigError (ValueError)              a config field is out of range or unknown; names the field
     ├── RankEnvironmentError (ValueError)     the launch's environment contradicts itself; names the variable
     ├── LoggingInputError (ValueError)        a logging call got a bad argument; names the key, index or argument
-    │   ├── MetricValueError                  a metric value or key is not usable
-    │   └── ImageInputError                   an image or caption is not usable
+    │   ├── MetricValueError                  a metric key, value, step or reduce op is not usable
+    │   ├── ImageInputError                   an image, caption or step is not usable
+    │   ├── CheckpointError                   a checkpoint path (missing, broken link, link loop) or argument
+    │   └── RunConfigError                    a config key or value W&B cannot store
     ├── CollectiveError (RuntimeError)        a logging collective failed; names the call and the ranks
-    │   ├── CollectiveTimeoutError            ranks did not reach the call in time, or a peer died
+    │   ├── CollectiveTimeoutError            ranks did not reach the call in time, or a peer died (its link closed)
     │   └── RanksOutOfStepError               ranks reached different logging calls
     ├── MetricKeyMismatchError (RuntimeError) ranks passed different keys (strict_keys) or reduce ops
     └── WandbFileError (ValueError)           an offline run file is not a W&B log or is damaged
@@ -48,6 +51,16 @@ class ImageInputError(LoggingInputError):
     """An image or its caption cannot be logged; the message names the image's index, shape and dtype."""
 
 
+class CheckpointError(LoggingInputError):
+    """A checkpoint cannot be uploaded: its path is missing, holds a broken symbolic link or a link loop, or cannot be
+    read, or ``log_model`` got a bad name, alias or metadata; the message names the path or argument."""
+
+
+class RunConfigError(LoggingInputError):
+    """A config key is not a non-empty string, or a value is not one W&B can store (numbers, strings, bools, None,
+    lists and mappings of them); the message names the key's path, e.g. ``'optimizer.betas[1]'``."""
+
+
 class CollectiveError(SdxlDistLogError, RuntimeError):
     """A logging collective failed; logging on the logger's group is closed, training may go on.
 
@@ -63,7 +76,8 @@ class CollectiveError(SdxlDistLogError, RuntimeError):
 
 
 class CollectiveTimeoutError(CollectiveError):
-    """Some ranks did not reach a logging call within the timeout, or a peer's connection closed."""
+    """Some ranks did not reach a logging call within the timeout, or a peer's connection closed (its process died or
+    was killed): either way the ranks did not all get through the call, and ``ranks`` names the missing ones."""
 
 
 class RanksOutOfStepError(CollectiveError):
@@ -87,6 +101,7 @@ class WandbFileError(SdxlDistLogError, ValueError):
 
 
 __all__ = [
+    "CheckpointError",
     "CollectiveError",
     "CollectiveTimeoutError",
     "ConfigError",
@@ -96,6 +111,7 @@ __all__ = [
     "MetricValueError",
     "RankEnvironmentError",
     "RanksOutOfStepError",
+    "RunConfigError",
     "SdxlDistLogError",
     "WandbFileError",
 ]

@@ -323,6 +323,19 @@ def reduce_union(
     return out, missing
 
 
+def bad_value_error(metrics: Mapping[str, Any], keys: Sequence[str], error: Exception) -> MetricValueError:
+    """The error naming the key whose value ``pack_values`` failed on with ``error`` (an int too large for a float
+    fails inside numpy, without the key): each value is packed alone until one fails."""
+    for key in keys:
+        try:
+            pack_values({key: metrics[key]}, [key])
+        except MetricValueError as named:
+            return named
+        except Exception as exc:  # noqa: BLE001 - whatever the value raised, the key is what the user needs
+            return MetricValueError(f"metric {key!r} has no usable number ({type(exc).__name__}: {exc})")
+    return MetricValueError(f"{type(error).__name__}: {error}")
+
+
 def describe_missing(missing: Mapping[str, Sequence[int]], limit: int = 8) -> str:
     """A short human description of which ranks lacked which keys."""
     parts = [f"{key!r} missing on ranks {list(ranks)}" for key, ranks in list(missing.items())[:limit]]

@@ -22,6 +22,7 @@ from sdxl_dist_log.hierarchy import Steps, call_rounds, decided_at_primary
 from sdxl_dist_log.metric_stage import DIFFERING, INVALID, V_CODE, MetricStage
 from sdxl_dist_log.metrics import (
     MetricPlan,
+    bad_value_error,
     describe_missing,
     pack_row,
     pack_values_deferred,
@@ -113,8 +114,8 @@ class MetricReducer:
             plan = self._plan(keys, reduce)
             return PreparedMetrics(plan, pack_values_deferred(metrics, keys, non_blocking=non_blocking), None)
         except Exception as exc:  # any failure must still reach the collective as a flagged row
-            error = exc if isinstance(exc, MetricValueError) else MetricValueError(f"{type(exc).__name__}: {exc}")
             keys = tuple(sorted({str(k) for k in metrics})) if isinstance(metrics, Mapping) else ()
+            error = exc if isinstance(exc, MetricValueError) else bad_value_error(metrics, keys, exc)
             return PreparedMetrics(MetricPlan(keys, resolve_reduce(keys, None)), None, error)
 
     def _sorted_keys(self, metrics: Mapping[str, Any]) -> tuple[str, ...]:

@@ -23,15 +23,25 @@ from typing import Any, TextIO
 from sdxl_dist_log.collectives import placed_by_process_group
 from sdxl_dist_log.config import LogConfig
 from sdxl_dist_log.ranks import Launch, RankInfo
+from sdxl_dist_log.secrets import scrub_text
 
 
 class _RankFilter(logging.Filter):
+    """Stamps the rank on every record, and takes secrets out of its text (``secrets.scrub_text``): a training
+    script's ``log.info(args)`` would otherwise print ``hub_token='hf_...'`` to the console and the log file."""
+
     def __init__(self, rank: int) -> None:
         super().__init__()
         self.rank = rank
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.rank = self.rank
+        text = record.getMessage()
+        clean = scrub_text(text)
+        if clean != text:
+            record.msg, record.args = clean, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = scrub_text(logging.Formatter().formatException(record.exc_info))
         return True
 
 

@@ -1,8 +1,10 @@
 """WandbLogger: the rank-aware facade every rank calls.
 
-Composition, decided once at construction: a ``Collectives`` (the only torch.distributed user), a backend (the W&B
-run on the primary rank, a ``NullBackend`` elsewhere), a ``Dispatcher`` (inline, or one background thread with
-``async_metrics``), and the background ``SystemMetrics`` sampler. No rank checks at call sites beyond that choice.
+Composition, decided once at construction: a ``Collectives`` (the only torch.distributed user; none at all with
+``mode="disabled"``), a backend (the W&B run on the primary rank, a ``NullBackend`` elsewhere), a ``Dispatcher``
+(inline, or one background thread with ``async_metrics``), a ``FaultPolicy`` (``on_logging_fault``), the
+``MainProcessLog`` for calls from one rank, and the background ``SystemMetrics`` sampler. No rank checks at call
+sites beyond that choice.
 """
 
 from __future__ import annotations
@@ -21,20 +23,24 @@ from typing import Any
 import numpy as np
 
 from sdxl_dist_log import checkpoints
+from sdxl_dist_log.arguments import checked_call, checked_image_call, own_error
 from sdxl_dist_log.backends.base import Backend, NullBackend
 from sdxl_dist_log.collectives import Collectives
 from sdxl_dist_log.config import WandbConfig
-from sdxl_dist_log.construction import announce, resolve_config, start_line, without_process_group
+from sdxl_dist_log.construction import announce, check_primary_rank, resolve_config, start_line, without_process_group
 from sdxl_dist_log.dispatch import Dispatcher
-from sdxl_dist_log.errors import ConfigError, ImageInputError, MetricValueError
-from sdxl_dist_log.framing import CallInfo, checked_step
+from sdxl_dist_log.errors import MetricValueError
+from sdxl_dist_log.faults import FaultPolicy, Notices
+from sdxl_dist_log.framing import CallInfo
 from sdxl_dist_log.identity import CONFIG_SECTION, RunIdentity, launch_record, propose_identity
-from sdxl_dist_log.images import convert, transport
+from sdxl_dist_log.images import transport
+from sdxl_dist_log.main_process import MainProcessLog
 from sdxl_dist_log.metrics import apply_prefix
 from sdxl_dist_log.preemption import DEFAULT_SIGNALS, SignalChain
 from sdxl_dist_log.ranks import Launch, RankInfo
 from sdxl_dist_log.reduction import MetricReducer, PreparedMetrics
-from sdxl_dist_log.runconfig import deep_merge, redact_secrets
+from sdxl_dist_log.runconfig import checked_config, deep_merge
+from sdxl_dist_log.secrets import redact_secrets
 from sdxl_dist_log.straggler import StragglerView
 
 _log = logging.getLogger("sdxl_dist_log")
@@ -45,7 +51,9 @@ class WandbLogger:
 
     Every rank constructs it at the same point (after ``init_process_group``, if any) and calls ``log_metrics`` and
     ``log_images`` at the same points: these are collective. ``log_model`` and ``log_config`` are not: call them on
-    every rank or on the primary only; only the primary uploads.
+    every rank or on the primary only; only the primary uploads. Under ``if accelerator.is_main_process:`` log
+    through ``main_process`` (a ``MainProcessLog``): the same calls, no collective. A call's own bad argument raises
+    where it was made; a fault between ranks follows ``WandbConfig.on_logging_fault`` (docs/distributed.md).
 
     Args:
         config: a ``WandbConfig`` or a mapping of its fields; or the fields as keywords (``**fields``: rules in
@@ -56,6 +64,8 @@ class WandbLogger:
             when None. It is read once, here.
         nvml: an NVML module (or a test double with its API) to sample GPUs with; ``pynvml`` when None.
         clock: seconds, monotonic, for ``section`` timings; ``time.perf_counter`` when None.
+        backend: what the primary writes to instead of the W&B run it would start: ``NullBackend()`` runs every
+            collective without W&B (benchmarks and tests). ``mode="disabled"`` makes no collective at all.
 
     Example:
         >>> with WandbLogger(project="sdxl", mode="offline") as wb:  # doctest: +SKIP
@@ -71,24 +81,30 @@ class WandbLogger:
         env: Mapping[str, str] | None = None,
         nvml: Any | None = None,
         clock: Callable[[], float] | None = None,
+        backend: Backend | None = None,
         **fields: Any,
     ) -> None:
+        started = time.monotonic()  # init_timeout counts from here: a fallback run is ready about 1 s after it
         self.config = resolve_config(config, fields)
         self._log = logger if isinstance(logger, logging.Logger) else getattr(logger, "logger", None) or _log
+        notices = Notices(self._log)  # every message of the logger: secrets scrubbed, keyed warnings once
+        self._warn, self._info = notices.warn, notices.info
         launch = Launch.from_env(os.environ if env is None else env)  # the one read of the environment
         if rank_info is not None:
             launch = dataclasses.replace(launch, rank=rank_info)
         cfg, rank = self.config, launch.rank
-        self._collectives = Collectives.create(rank=rank.rank, world_size=rank.world_size, launch=launch,
-                                               timeout=cfg.collective_timeout, primary=cfg.primary_rank)
+        # disabled: every rank has this config, so no rank needs another's word: no group, no collective at all
+        self._collectives = Collectives(rank=rank.rank, world_size=1, timeout=cfg.collective_timeout) \
+            if cfg.mode == "disabled" else Collectives.create(rank=rank.rank, world_size=rank.world_size,
+                                                              launch=launch, timeout=cfg.collective_timeout,
+                                                              primary=cfg.primary_rank)
         if self._collectives.active:
             rank = rank.with_process_group(self._collectives.rank, self._collectives.world_size)
             launch = dataclasses.replace(launch, rank=rank)
-        elif rank.world_size > 1:
+            self._collectives.warn_when_waiting(cfg.collective_warn_after, self._warn)
+        elif rank.world_size > 1 and cfg.mode != "disabled":
             self._warn(without_process_group(rank.world_size, cfg.primary_rank))
-        if cfg.primary_rank >= rank.world_size:
-            raise ConfigError(f"WandbConfig.primary_rank={cfg.primary_rank} is not a rank of this launch "
-                              f"(world size {rank.world_size})")
+        check_primary_rank(cfg.primary_rank, rank.world_size)
         self.launch = launch
         self.rank_info = rank
         self.is_primary = rank.is_primary(cfg.primary_rank)
@@ -96,10 +112,13 @@ class WandbLogger:
         self._lock = threading.RLock()
         self._last_step = 0  # the one owner of "the current step": calls without a step log at it
         self._run_config: dict[str, Any] = {}
-        self._warned: set[str] = set()
         self._finished = False
         self._backend: Backend = NullBackend()
-        self.identity = self._start_run()
+        self._faults = FaultPolicy(cfg.on_logging_fault, notices.error)
+        self.identity = self._start_run(backend, started + cfg.init_timeout)
+        self._off = self.identity.mode == "disabled"  # known alike on every rank: calls return at once, on all
+        self.main_process = MainProcessLog(self._write, cfg, is_primary=self.is_primary, rank=rank.rank,
+                                           disabled=self._off, warn=self._warn)
         self._metrics = MetricReducer(
             self._collectives, metric_reduce=cfg.metric_reduce, primary_rank=cfg.primary_rank,
             strict_keys=cfg.strict_keys, warn=lambda message, key: self.is_primary and self._warn(message, key))
@@ -110,16 +129,18 @@ class WandbLogger:
         self._signals = SignalChain(self._close_on_signal, self._log)
 
     # -- construction -------------------------------------------------------------------------------------------
-    def _start_run(self) -> RunIdentity:
+    def _start_run(self, backend: Backend | None, deadline: float) -> RunIdentity:
         cfg = self.config
         proposal: dict[str, Any] | None = None
         if self.is_primary:
             from sdxl_dist_log.backends.wandb_backend import start_backend
 
             proposed, resume = propose_identity(cfg, self.launch)
-            self._run_config = redact_secrets(deep_merge(cfg.config, {CONFIG_SECTION: launch_record(cfg, self.launch)}))
+            base = checked_config(cfg.config, "WandbConfig.config")
+            self._run_config = redact_secrets(deep_merge(base, {CONFIG_SECTION: launch_record(cfg, self.launch)}))
             try:
-                self._backend, identity = start_backend(cfg, proposed, self._run_config, resume, logger=self._log)
+                self._backend, identity = (backend, proposed) if backend is not None else start_backend(
+                    cfg, proposed, self._run_config, resume, logger=self._log, deadline=deadline)
             except Exception as exc:  # even the offline init failed (disk full, ...): train on, log nothing
                 self._warn(f"W&B run could not be started ({type(exc).__name__}: {exc}); logging is disabled")
                 identity = dataclasses.replace(proposed, mode="disabled", fallback_reason=str(exc))
@@ -146,15 +167,9 @@ class WandbLogger:
             nvml=self._nvml, namespace=f"{self._collectives.namespace}/sys", logger=self._log)
 
     # -- metrics ------------------------------------------------------------------------------------------------
-    def log_metrics(
-        self,
-        metrics: Mapping[str, Any],
-        step: int | None = None,
-        *,
-        commit: bool = True,
-        prefix: str | None = None,
-        reduce: str | Mapping[str, str] | None = None,
-    ) -> dict[str, float] | None:
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None, *, commit: bool = True,
+                    prefix: str | None = None,
+                    reduce: str | Mapping[str, str] | None = None) -> dict[str, float] | None:
         """Reduce ``metrics`` over all ranks in one collective and log one row on the primary. Collective.
 
         Args:
@@ -166,36 +181,45 @@ class WandbLogger:
                 ``WandbConfig.metric_reduce`` and then "mean" fill in.
 
         Returns:
-            The logged (reduced, prefixed) values, or None with ``async_metrics`` (they are computed later).
+            The logged (reduced, prefixed) values; None with ``async_metrics`` (they are computed later), with
+            ``mode="disabled"`` (nothing is reduced), and after a fault let pass by ``on_logging_fault``.
 
         Raises:
-            MetricValueError: a key or value is not usable, or ``step`` is not an int >= 0, on any rank (raised on
-                every rank; nothing of the call is logged).
+            MetricValueError: this rank's key, value, ``step``, ``reduce`` or ``prefix`` is not usable (named); its
+                flagged row reaches the other ranks first (a logging fault there). Nothing of the call is logged.
             MetricKeyMismatchError: with ``strict_keys``, ranks passed different keys (raised on every rank).
-            CollectiveError: ranks did not all reach the call within ``collective_timeout`` (named).
+            CollectiveError: the collective failed (ranks named), with ``on_logging_fault="raise"`` only.
         """
+        if self._off:
+            return None
         sections = self._stragglers.take()
         prepared = self._metrics.prepare(metrics, reduce, non_blocking=self._dispatcher.threaded, sections=sections)
-        try:  # a bad step, like a bad value, must still reach the collective (as an error flag)
-            step = checked_step(step, MetricValueError)
-        except MetricValueError as exc:
-            step, prepared = None, prepared.failed(exc)
-        if prepared.error is not None and not self._collectives.active:
-            raise prepared.error
-        call = CallInfo("log_metrics", step)
-        prefix = self.config.metric_prefix if prefix is None else prefix
-        result: list[dict[str, float]] = []
-        self._dispatcher.submit(lambda: result.append(self._reduce_and_log(prepared, call, prefix, commit)))
-        # a background job's error surfaces only after this call was queued: raising before it would make this rank
-        # skip a collective that the other ranks make
+        step, error = checked_call(step, prefix, MetricValueError)
+        if error is not None:  # a bad step, like a bad value, must still reach the collective (as an error flag)
+            prepared = prepared.failed(error)
+        call, prefix = CallInfo("log_metrics", step), self.config.metric_prefix if prefix is None else prefix
+        return self._collective(lambda: self._reduce_and_log(prepared, call, prefix, commit), call, prepared.error,
+                                None)
+
+    def _collective(self, job: Callable[[], Any], call: CallInfo, own: Exception | None, fallback: Any) -> Any:
+        """Run ``job`` (a call's collective part) under the fault policy, inline or queued (then return ``fallback``).
+        This rank's own input error is raised once its flagged row is on its way; an earlier background job's error
+        only after this call was queued (raising first would make this rank skip a collective the others make)."""
+        if own is not None and not self._collectives.active:
+            raise own_error(own, call, self.rank_info.rank, self.rank_info.world_size)
+        result: list[Any] = []
+        self._dispatcher.submit(lambda: result.append(self._faults.run(job, fallback, own)))
+        if own is not None:
+            raise own_error(own, call, self.rank_info.rank, self.rank_info.world_size)
         self._dispatcher.raise_pending()
-        return result[0] if result else None
+        return result[0] if result else fallback
 
     def _reduce_and_log(self, prepared: PreparedMetrics, call: CallInfo, prefix: str, commit: bool) -> dict[str, float]:
         reduced = self._metrics.reduce(prepared, call)
         logged = apply_prefix(reduced.values, prefix)
         self._warn_if_degraded(call)
-        self._write_row(self._stragglers.row(logged, prepared.sections, reduced.section_times), call.step, commit)
+        self._write("log_row", self._stragglers.row(logged, prepared.sections, reduced.section_times),
+                    step=call.step, commit=commit)
         return logged
 
     def section(self, name: str) -> AbstractContextManager[None]:
@@ -203,15 +227,8 @@ class WandbLogger:
         return self._stragglers.section(name)
 
     # -- images -------------------------------------------------------------------------------------------------
-    def log_images(
-        self,
-        images: Any,
-        captions: Sequence[str] | str | None = None,
-        step: int | None = None,
-        *,
-        prefix: str | None = None,
-        value_range: tuple[float, float] | None = None,
-    ) -> int:
+    def log_images(self, images: Any, captions: Sequence[str] | str | None = None, step: int | None = None, *,
+                   prefix: str | None = None, value_range: tuple[float, float] | None = None) -> int:
         """Send every rank's images to the run, at most ``max_images_to_log`` in all (a fair share each). Collective.
 
         Args:
@@ -224,33 +241,21 @@ class WandbLogger:
 
         Returns:
             The number of images logged in the run (on the primary; on other ranks, how many this rank sent);
-            0 with ``async_metrics``, where the gather happens later.
+            0 with ``async_metrics`` (the gather happens later), with ``mode="disabled"``, and after a fault let pass.
 
         Raises:
-            ImageInputError: an image, the captions or ``step`` are invalid on some rank (every rank raises; on
-                other ranks than the culprit, the message names it).
+            ImageInputError: this rank's images, captions, ``step``, ``prefix`` or ``value_range`` are invalid (named);
+                its flagged offer reaches the other ranks first (a logging fault there).
+            CollectiveError: the collective failed (ranks named), with ``on_logging_fault="raise"`` only.
         """
+        if self._off:
+            return 0
         cfg = self.config
-        value_range = value_range or cfg.image_value_range
-        error: Exception | None = None
-        arrays: list[np.ndarray] = []
-        names: list[str | None] = []
-        try:  # any failure here must still reach the collective (as an error flag), or this rank skips it
-            step = checked_step(step, ImageInputError)
-            arrays = convert.to_uint8_hwc(images, value_range=value_range) if convert.has_images(images) else []
-            names = convert.normalize_captions(captions, len(arrays))
-        except Exception as exc:
-            error = exc if isinstance(exc, ImageInputError) else ImageInputError(f"{type(exc).__name__}: {exc}")
-            step = step if isinstance(step, int) else None
-            arrays, names = [], []
-        if error is not None and not self._collectives.active:
-            raise error
-        key = f"{cfg.sample_prefix if prefix is None else prefix}/images".lstrip("/")
+        step, arrays, names, error = checked_image_call(images, captions, step, prefix,
+                                                        value_range or cfg.image_value_range)
         call = CallInfo("log_images", step)
-        sent: list[int] = []
-        self._dispatcher.submit(lambda: sent.append(self._gather_and_log_images(arrays, names, error, key, call)))
-        self._dispatcher.raise_pending()  # after queueing, as in log_metrics
-        return sent[0] if sent else 0
+        key = f"{cfg.sample_prefix if prefix is None or error else prefix}/images".lstrip("/")
+        return self._collective(lambda: self._gather_and_log_images(arrays, names, error, key, call), call, error, 0)
 
     def _gather_and_log_images(
         self, arrays: list[np.ndarray], captions: list[str | None], error: Exception | None, key: str, call: CallInfo
@@ -263,8 +268,7 @@ class WandbLogger:
             self._warn(gathered.over_cap(cap, call), once_key="image-cap")
         self._warn_if_degraded(call)
         if gathered.images:
-            with self._lock:
-                self._backend.log_images(key, gathered.images, gathered.captions, self._at_step(call.step))
+            self._write("log_images", key, gathered.images, gathered.captions, step=call.step)
         return len(gathered.images)
 
     # -- checkpoints and config ---------------------------------------------------------------------------------
@@ -280,43 +284,46 @@ class WandbLogger:
         """Upload a checkpoint file or directory as a new version of one artifact. Primary only; no collective.
 
         Other ranks do not wait for this call, but the primary hashes and stages the files before it returns, so a
-        large checkpoint delays the primary's next logging collective (and so the others' at that call).
-
-        Successive calls make versions v0, v1, ... of the artifact ``name`` (default ``checkpoint_prefix``).
-        ``log_model=False`` makes this a no-op, and ``log_checkpoints=False`` skips calls without a "best" or "final"
-        alias.
+        large checkpoint delays the primary's next logging collective (and so the others' at that call). Successive
+        calls make versions v0, v1, ... of the artifact ``name`` (default ``checkpoint_prefix``). ``log_model=False``
+        makes this a no-op; ``log_checkpoints=False`` skips calls without a "best" or "final" alias.
 
         Returns:
             True if this rank uploaded it (False on other ranks, when disabled, or when the run has failed).
 
         Raises:
-            FileNotFoundError: ``path`` does not exist (checked on the primary in every mode, before any upload).
+            CheckpointError: a bad argument (on any rank); on the primary, which alone reads the files, a missing
+                ``path``, a broken symbolic link, a link loop or an unreadable file under it (named), in every mode.
         """
         self._dispatcher.raise_pending()
         cfg = self.config
-        aliases = list(aliases or [])
-        source = checkpoints.existing_source(path) if self.is_primary else None  # bad input fails in every mode
-        if source is None or self.identity.mode == "disabled" or not checkpoints.wanted(cfg, aliases):
+        aliases, metadata = checkpoints.checked_arguments(path, aliases, name, type, metadata)
+        if not self.is_primary:
+            return False
+        source = checkpoints.checked_source(path)  # a bad path fails alike whether or not this run uploads
+        if self._off or not checkpoints.wanted(cfg, aliases):
             return False
         artifact = checkpoints.artifact_name(name or cfg.checkpoint_prefix)
-        details = {"source_path": os.path.abspath(source), "step": self._last_step, **dict(metadata or {})}
+        details = checkpoints.upload_metadata(source, self._last_step, metadata)
         uploaded = self._backend.log_artifact(source, name=artifact, type=type, aliases=aliases, metadata=details)
         if uploaded:
-            self._log.info(f"checkpoint {source} -> artifact {artifact} aliases={aliases}")
+            self._info(f"checkpoint {os.fspath(path)} -> artifact {artifact} aliases={aliases}")
         return uploaded
 
     def log_config(self, values: Mapping[str, Any]) -> dict[str, Any]:
         """Merge ``values`` into the run config (nested dicts merge key by key; secrets redacted). Primary only.
 
         Returns:
-            The whole merged config as logged.
+            The whole merged config as logged (on the primary; {} elsewhere).
+
+        Raises:
+            RunConfigError: a key or value W&B cannot store, on any rank that calls (named: ``'optim.betas[1]'``).
         """
         self._dispatcher.raise_pending()
-        if not isinstance(values, Mapping):
-            raise TypeError(f"log_config takes a mapping, got {type(values).__name__}")
+        clean = redact_secrets(checked_config(values, "log_config"))
         if not self.is_primary:
             return {}
-        self._merge_run_config(redact_secrets(values))
+        self._merge_run_config(clean)
         return dict(self._run_config)
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
@@ -373,9 +380,10 @@ class WandbLogger:
 
     run = property(lambda self: self._backend.run, doc="The primary's wandb run, an escape hatch (see quickstart).")
 
-    def _write_row(self, values: Mapping[str, Any], step: int | None, commit: bool) -> None:
+    def _write(self, method: str, *args: Any, step: int | None, **kwargs: Any) -> None:
+        """Call the backend's ``method`` under the lock, at the row's step (``_at_step``)."""
         with self._lock:
-            self._backend.log_row(values, self._at_step(step), commit)
+            getattr(self._backend, method)(*args, step=self._at_step(step), **kwargs)
 
     def _at_step(self, step: int | None) -> int:
         """The step a row belongs to: the call's, remembered as the current one; the current one when None."""
@@ -406,13 +414,6 @@ class WandbLogger:
         if failure is not None and self.is_primary:
             self._warn(f"{call}: values are this rank's own, not reduced: logging collectives are off since "
                        f"{failure.call}", once_key="degraded")
-
-    def _warn(self, message: str, once_key: str | None = None) -> None:
-        if once_key is not None:
-            if once_key in self._warned:
-                return
-            self._warned.add(once_key)
-        self._log.warning(message)
 
 
 __all__ = ["WandbLogger"]

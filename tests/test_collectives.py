@@ -116,7 +116,7 @@ def test_a_rank_that_never_arrives_is_named_within_the_timeout(tmp_path: Path, m
     def body(rank: int):
         from sdxl_dist_log import CollectiveTimeoutError
 
-        with make_logger(str(tmp_path), collective_timeout=3.0) as wb:
+        with make_logger(str(tmp_path), collective_timeout=3.0, on_logging_fault="raise") as wb:
             dist.barrier()  # both ranks start logging together: only the rank that stays away makes one wait
             wb.log_metrics({"loss": 1.0}, step=0)
             if rank == 1:
@@ -148,7 +148,7 @@ def test_a_rank_that_skips_a_call_is_caught_in_the_next_one(tmp_path: Path, make
     rank 1 and the call each rank is in."""
 
     def body(rank: int):
-        with make_logger(str(tmp_path)) as wb:
+        with make_logger(str(tmp_path), on_logging_fault="raise") as wb:
             wb.log_metrics({"loss": 1.0}, step=0)
             try:
                 if rank == 0:
@@ -171,7 +171,7 @@ def test_a_rank_that_skips_a_call_of_the_same_kind_is_caught_by_the_step(tmp_pat
     with rank 1's step 2 (gloo pairs the n-th collective of every rank), and nothing of it is logged."""
 
     def body(rank: int):
-        with make_logger(str(tmp_path)) as wb:
+        with make_logger(str(tmp_path), on_logging_fault="raise") as wb:
             wb.log_metrics({"loss": 1.0}, step=0)
             try:
                 for step in (1, 2) if rank == 0 else (2,):
@@ -182,3 +182,30 @@ def test_a_rank_that_skips_a_call_of_the_same_kind_is_caught_by_the_step(tmp_pat
 
     assert values_or_raise(run_ranks(body, 2, timeout=240)) == [[1], [1]]
     assert [r["trainer/step"] for r in only_run(tmp_path).rows_with("metrics/loss")] == [0]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_primary_that_never_publishes_the_run_is_a_timeout_naming_it() -> None:
+    """The run's start is broadcast through the store: rank 1 waits its bound for rank 0, then raises
+    ``CollectiveTimeoutError`` naming rank 0, and its logging is closed. Rank 0 publishes only after that."""
+    given_up = mp.get_context("fork").Event()
+
+    def body(rank: int):
+        from sdxl_dist_log.errors import CollectiveTimeoutError
+
+        collectives = Collectives.create(rank=rank, world_size=2, timeout=30.0)
+        if rank == 0:
+            assert given_up.wait(200), "rank 1 never gave up"
+            return None
+        try:
+            collectives.broadcast_json(None, src=0, call=CallInfo("init"), timeout=1.0)
+        except CollectiveTimeoutError as exc:
+            return {"ranks": exc.ranks, "message": str(exc), "active": collectives.active}
+        finally:
+            given_up.set()
+        return None
+
+    result = values_or_raise(run_ranks(body, 2, timeout=240))[1]
+    assert result is not None and result["ranks"] == [0] and result["active"] is False
+    assert result["message"].startswith("init on rank 1: rank 0 did not publish within 1 s")

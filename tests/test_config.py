@@ -35,10 +35,15 @@ from sdxl_dist_log.config import LOG_LEVELS, ConfigError, LogConfig, WandbConfig
     (lambda: WandbConfig(step_metric=""), ["step_metric", "non-empty"]),
     (lambda: LogConfig(level="LOUD"), ["level", "'LOUD'", "'INFO'", "'DEBUG'"]),
     (lambda: LogConfig.from_dict({"nme": "x"}), ["'nme'", "known fields", "log_dir"]),
+    (lambda: WandbConfig(on_logging_fault="ignore"), ["on_logging_fault", "'ignore'", "'continue'", "'raise'"]),
+    (lambda: WandbConfig(collective_warn_after=0), ["collective_warn_after", "> 0"]),
+    (lambda: WandbConfig(collective_warn_after=float("nan")), ["collective_warn_after", "finite"]),
+    (lambda: WandbConfig(config={"optim": {"betas": [0.9, object()]}}), ["WandbConfig.config", "'optim.betas[1]'"]),
+    (lambda: WandbConfig(config={1: "a"}), ["WandbConfig.config", "key 1"]),
 ], ids=["mode", "negative-interval", "zero-interval", "negative-image-cap", "negative-init-timeout", "fallback-mode",
         "unknown-key", "bad-reduce-op", "bad-reduce-op-glob", "empty-project", "resume", "tags-string",
         "fractional-image-cap", "infinite-timeout", "reversed-value-range", "empty-step-metric", "log-level",
-        "log-unknown-key"])
+        "log-unknown-key", "fault-policy", "zero-warn-after", "nan-warn-after", "config-value", "config-key"])
 def test_config_errors_name_the_field_and_allowed_values(make: Callable[[], Any], words: list[str]) -> None:
     """Every invalid value raises ConfigError (a ValueError) whose message names the field and what is allowed."""
     with pytest.raises(ConfigError) as caught:

@@ -184,3 +184,50 @@ def test_render_rejects_undocumented_field(gen: ModuleType) -> None:
     source = "class WandbConfig:\n    a: int = 1\nclass LogConfig:\n    pass\n"
     with pytest.raises(ValueError, match="WandbConfig.a has no docstring"):
         gen.render(source)
+
+
+# -- docs/distributed.md's table of errors matches the tests ---------------------------------------------------------
+def _error_rows() -> list[list[str]]:
+    doc = (ROOT / "docs" / "distributed.md").read_text(encoding="utf-8")
+    table = doc.split("### Errors", 1)[1].split("\n\n", 2)[2].split("\n\n", 1)[0]
+    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in table.splitlines()]
+    assert rows[0] == ["what went wrong", "raised by", "on which ranks", "type", "tested by"], rows[0]
+    return rows[2:]
+
+
+def _defines(path: Path, name: str) -> bool:
+    import ast
+
+    return any(isinstance(node, ast.FunctionDef) and node.name == name
+               for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))))
+
+
+def test_every_documented_error_case_names_exported_types_and_tests_that_exist() -> None:
+    """Each row's types are exported errors, and each test it names exists and concerns those types."""
+    import re
+
+    import sdxl_dist_log
+    from sdxl_dist_log.errors import SdxlDistLogError
+
+    for what, _, _, types, tests in _error_rows():
+        names = re.findall(r"`(\w+)`", types)
+        assert names, what
+        for name in names:
+            assert name in sdxl_dist_log.__all__ and issubclass(getattr(sdxl_dist_log, name), SdxlDistLogError), name
+        for test in re.findall(r"`([^`]+)`", tests):
+            path, function = test.split("::")
+            assert _defines(ROOT / path, function), f"{test} (row {what!r}) does not exist"
+            module = (ROOT / path).read_text(encoding="utf-8")
+            assert any(name in module for name in names), f"{test} never mentions {names}"
+
+
+def test_every_exported_error_is_in_the_table() -> None:
+    import re
+
+    import sdxl_dist_log
+    from sdxl_dist_log.errors import SdxlDistLogError
+
+    documented = {name for row in _error_rows() for name in re.findall(r"`(\w+)`", row[3])}
+    exported = {name for name in sdxl_dist_log.__all__ if isinstance(getattr(sdxl_dist_log, name), type)
+                and issubclass(getattr(sdxl_dist_log, name), SdxlDistLogError)}
+    assert exported - documented == {"SdxlDistLogError"}  # the base: every row is one of its kinds

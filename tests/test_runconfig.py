@@ -1,85 +1,60 @@
-"""Tests of sdxl_dist_log.runconfig: secret redaction and nested merge of the run config."""
+"""Tests of sdxl_dist_log.runconfig: what a run config may hold (``checked_config``) and the nested merge."""
 
 from __future__ import annotations
 
 import copy
+import math
+import pathlib
+import re
 
+import numpy as np
 import pytest
 
-from sdxl_dist_log.runconfig import REDACTED, deep_merge, redact_secrets
+from sdxl_dist_log.errors import RunConfigError
+from sdxl_dist_log.runconfig import checked_config, deep_merge
 
 
-# -- redact_secrets ---------------------------------------------------------------------------------------------
+# -- checked_config ---------------------------------------------------------------------------------------------
+def test_checked_config_keeps_and_converts_what_w_and_b_stores() -> None:
+    values = {"lr": 1e-4, "steps": np.int64(7), "scale": np.float32(0.5), "betas": (0.9, 0.99), "on": np.bool_(True),
+              "mask": np.arange(3), "out": pathlib.Path("/data/out"), "none": None, "nested": {"k": [1, "a"]},
+              "nan": float("nan")}
+    out = checked_config(values)
+    assert out["steps"] == 7 and type(out["steps"]) is int
+    assert out["scale"] == 0.5 and type(out["scale"]) is float
+    assert out["betas"] == [0.9, 0.99] and out["on"] is True and out["mask"] == [0, 1, 2]
+    assert out["out"] == "/data/out" and out["none"] is None and out["nested"] == {"k": [1, "a"]}
+    assert math.isnan(out["nan"])
+
+
 @pytest.mark.parametrize(
-    "key",
+    ("values", "named"),
     [
-        "api_key", "API_KEY", "apikey", "apiKey", "ApiKey", "api-key", "wandb_api_key", "WANDB_API_KEY",
-        "token", "hf_token", "HF_TOKEN", "access_token", "authToken",
-        "password", "db_password", "Password", "passwd",
-        "secret", "client_secret", "aws_secret_access_key", "SECRET_KEY",
-        "credential", "credentials", "gcp_credentials_json",
+        ({"x": object()}, "'x' is a builtins.object"),
+        ({1: "a"}, "key 1 must be a non-empty string"),
+        ({"a": 1, None: 2}, "key None must be a non-empty string"),
+        ({"": 1}, "key '' must be a non-empty string"),
+        ({"optim": {"betas": [0.9, b"x"]}}, "'optim.betas[1]' is a builtins.bytes"),
+        ({"optim": {2: 0.9}}, "key 2 under 'optim'"),
+        ({"fn": print}, "'fn' is a builtins.builtin_function_or_method"),
     ],
 )
-def test_secret_keys_are_redacted(key: str) -> None:
-    assert redact_secrets({key: "s3cr3t", "lr": 1e-4}) == {key: REDACTED, "lr": 1e-4}
+def test_checked_config_names_the_first_key_w_and_b_cannot_store(values: dict, named: str) -> None:
+    with pytest.raises(RunConfigError, match=re.escape(named)):
+        checked_config(values, "log_config")
 
 
-@pytest.mark.parametrize("value", ["abc", 12345, None, ["a", "b"], b"bytes"])
-def test_any_non_mapping_secret_value_is_redacted(value) -> None:
-    assert redact_secrets({"token": value}) == {"token": REDACTED}
+@pytest.mark.parametrize("values", [5, "a=1", [("a", 1)], None])
+def test_checked_config_takes_a_mapping(values: object) -> None:
+    with pytest.raises(RunConfigError, match="log_config takes a mapping"):
+        checked_config(values)
 
 
-@pytest.mark.parametrize(
-    "key",
-    ["lr", "batch_size", "model", "resolution", "seed", "keys", "monkey", "api", "pass_rate", "steps", "optimizer"],
-)
-def test_non_secret_keys_untouched(key: str) -> None:
-    value = {"nested": 1} if key == "model" else 0.5
-    assert redact_secrets({key: value}) == {key: value}
-
-
-def test_nested_at_any_depth() -> None:
-    values = {
-        "lr": 1e-4,
-        "hub": {"repo": "me/sdxl", "hf_token": "hf_abc", "deep": {"aws": {"secret": "x", "region": "eu"}}},
-        "wandb": {"project": "p", "api_key": "k"},
-    }
-    assert redact_secrets(values) == {
-        "lr": 1e-4,
-        "hub": {"repo": "me/sdxl", "hf_token": REDACTED, "deep": {"aws": {"secret": REDACTED, "region": "eu"}}},
-        "wandb": {"project": "p", "api_key": REDACTED},
-    }
-
-
-def test_secret_named_mapping_is_recursed_not_replaced() -> None:
-    values = {"secrets": {"wandb_api_key": "k", "note": "public"}}
-    assert redact_secrets(values) == {"secrets": {"wandb_api_key": REDACTED, "note": "public"}}
-
-
-def test_input_not_mutated() -> None:
-    values = {"a": {"token": "t", "b": {"password": "p"}}, "c": [1, 2]}
-    before = copy.deepcopy(values)
-    out = redact_secrets(values)
-    assert values == before
-    assert out is not values and out["a"] is not values["a"] and out["a"]["b"] is not values["a"]["b"]
-
-
-def test_non_string_keys() -> None:
-    assert redact_secrets({1: "x", ("token",): "y"}) == {1: "x", ("token",): REDACTED}
-
-
-def test_empty() -> None:
-    assert redact_secrets({}) == {}
-
-
-@pytest.mark.parametrize("key", ["tokenizer", "tokenizer_2", "tokenizer_max_length", "max_tokens", "num_tokens"])
-def test_token_count_keys_are_not_secrets(key: str) -> None:
-    assert redact_secrets({key: 77}) == {key: 77}
-
-
-def test_secrets_inside_lists_are_redacted() -> None:
-    values = {"datasets": [{"name": "laion", "hf_token": "hf_abc"}, {"name": "coco"}]}
-    assert redact_secrets(values) == {"datasets": [{"name": "laion", "hf_token": REDACTED}, {"name": "coco"}]}
+def test_checked_config_stops_at_a_cycle() -> None:
+    loop: list = []
+    loop.append(loop)
+    with pytest.raises(RunConfigError, match="nested more than"):
+        checked_config({"loop": loop})
 
 
 # -- deep_merge -------------------------------------------------------------------------------------------------

@@ -75,14 +75,15 @@ def test_real_processes_make_exactly_the_designed_collectives() -> None:
         import psutil
 
         from sdxl_dist_log import WandbConfig, WandbLogger
+        from sdxl_dist_log.backends.base import NullBackend
         from sdxl_dist_log.testing.probe import CollectiveProbe
 
         def connections() -> int:
             return sum(1 for c in psutil.Process().net_connections(kind="tcp") if c.status == "ESTABLISHED")
 
         before = connections()
-        wb = WandbLogger(WandbConfig(project="t", mode="disabled", log_system_metrics=False,
-                                     collective_timeout=120.0))
+        wb = WandbLogger(WandbConfig(project="t", mode="offline", log_system_metrics=False,
+                                     collective_timeout=120.0), backend=NullBackend())  # the collectives, no W&B
         metrics = {f"k{i:02d}": float(i * rank) for i in range(64)}
         wb.log_metrics(metrics, step=0)
         with CollectiveProbe() as probe:

@@ -29,6 +29,9 @@ class Backend(Protocol):
     ) -> None:
         """Write uint8 HWC images under ``key`` at ``step``."""
 
+    def log_table(self, key: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], step: int) -> None:
+        """Write a table under ``key`` at ``step``; cells are numbers, strings, None or uint8 HWC images."""
+
     def log_artifact(
         self, path: str, *, name: str, type: str, aliases: Sequence[str], metadata: Mapping[str, Any]
     ) -> bool:
@@ -58,6 +61,9 @@ class NullBackend:
     def log_images(
         self, key: str, images: Sequence[np.ndarray], captions: Sequence[str | None], step: int
     ) -> None:
+        pass
+
+    def log_table(self, key: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], step: int) -> None:
         pass
 
     def log_artifact(

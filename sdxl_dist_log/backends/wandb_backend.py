@@ -8,14 +8,16 @@ the last flush interval held.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
 import logging
 import os
 import shutil
+import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -23,6 +25,7 @@ import numpy as np
 from sdxl_dist_log.backends.base import NullBackend
 from sdxl_dist_log.config import WandbConfig
 from sdxl_dist_log.identity import RunIdentity
+from sdxl_dist_log.secrets import scrub_argv, scrub_text
 
 _log = logging.getLogger("sdxl_dist_log")
 
@@ -96,6 +99,19 @@ class WandbBackend:
         if self._guarded("image encoding", encode):
             self.log_row({key: pictures}, step)
 
+    def log_table(self, key: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], step: int) -> None:
+        import wandb
+
+        tables: list[Any] = []
+
+        def build() -> None:  # image cells become wandb.Image (PNG encoding, like log_images)
+            cells = [[wandb.Image(v[:, :, 0] if v.shape[2] == 1 else v) if isinstance(v, np.ndarray) else v
+                      for v in row] for row in rows]
+            tables.append(wandb.Table(columns=list(columns), data=cells))
+
+        if self._guarded("table", build):
+            self.log_side_row({key: tables[0]}, step)
+
     def log_artifact(
         self, path: str, *, name: str, type: str, aliases: Sequence[str], metadata: Mapping[str, Any]
     ) -> bool:
@@ -137,12 +153,13 @@ class WandbBackend:
                               self._run.id, timeout)
 
 
-def _settings(config: WandbConfig, mode: str) -> Any:
+def _settings(config: WandbConfig, mode: str, init_timeout: float | None = None) -> Any:
+    """The run's ``wandb.Settings``; ``init_timeout`` (``config.init_timeout`` when None) bounds wandb's wait."""
     import wandb
 
     return wandb.Settings(
         mode=mode,
-        init_timeout=config.init_timeout,
+        init_timeout=config.init_timeout if init_timeout is None else init_timeout,
         finish_timeout=config.finish_timeout,
         x_transaction_log_flush_interval=config.flush_interval,
         x_disable_stats=True,  # sdxl_dist_log samples every node itself; W&B's sampler sees only this one
@@ -155,35 +172,42 @@ def _settings(config: WandbConfig, mode: str) -> Any:
 
 def start_backend(
     config: WandbConfig, proposed: RunIdentity, run_config: Mapping[str, Any], resume: str | None,
-    logger: logging.Logger | None = None,
+    logger: logging.Logger | None = None, deadline: float | None = None,
 ) -> tuple[WandbBackend | NullBackend, RunIdentity]:
     """Start the run on the primary rank, falling back within bounded time instead of failing the job.
 
-    An online run without an API key falls back at once, without prompting; one whose server does not answer falls
-    back after ``init_timeout``. The fallback is ``fallback_mode`` ("offline" by default).
+    An online run without an API key (or with a malformed one) falls back at once, without prompting or asking the
+    server; one whose server does not answer falls back after ``init_timeout``, the only bound wandb waits under:
+    the credentials check makes no request, W&B's own telemetry (which would export to that server at exit) is off,
+    and the failed attempt's service is let go without waiting for it to exit. The fallback is ``fallback_mode``
+    ("offline" by default).
+
+    Args:
+        deadline: the ``time.monotonic()`` by which an online run must have started (the logger's construction
+            plus ``init_timeout``): importing wandb and starting its service count against it, and wandb is given
+            what is left (at least ``MIN_ONLINE_ATTEMPT_S``). ``init_timeout`` from now when None.
 
     Returns:
         The backend and the identity the run really has (mode after fallback, run dir, fallback reason).
     """
     log = logger or _log
+    deadline = time.monotonic() + config.init_timeout if deadline is None else deadline
     if config.mode == "disabled":
         return NullBackend(), dataclasses.replace(proposed, mode="disabled")
     import wandb
 
+    _without_wandb_telemetry()
     os.makedirs(config.dir, exist_ok=True)
-    reason: str | None = None
     mode = config.mode
-    if mode == "online" and not wandb.login(prompt=False, verify=False):
-        reason = "no W&B API key (set WANDB_API_KEY or run `wandb login`)"
-    elif mode == "online":
+    reason = _missing_credentials(wandb) if mode == "online" else None
+    if mode == "online" and reason is None:
         attempt_started = time.time()
         try:
-            return _init(config, proposed, run_config, resume, "online", log)
+            budget = max(MIN_ONLINE_ATTEMPT_S, deadline - time.monotonic())
+            return _init(config, proposed, run_config, resume, "online", log, init_timeout=budget)
         except Exception as exc:  # CommError, timeouts, auth errors: logging must not kill training
             reason = f"online init failed: {type(exc).__name__}: {exc}"
-            # wandb-core still holds the run id of the failed attempt ("run ID is in use"); a fresh service lets the
-            # offline run keep the same id, which a requeued job needs to resume it
-            wandb.teardown()
+            _release_service(wandb)
             _remove_failed_attempt(config.dir, proposed.run_id, since=attempt_started)
     if reason is not None:
         mode = config.fallback_mode
@@ -195,6 +219,65 @@ def start_backend(
     return backend, dataclasses.replace(identity, fallback_reason=reason)
 
 
+MIN_ONLINE_ATTEMPT_S = 1.0
+"""The least time wandb is given to start an online run, whatever is left of ``init_timeout``."""
+
+
+def _without_wandb_telemetry() -> None:
+    """Turn off W&B's own telemetry in this process: OpenTelemetry metrics and logs about wandb itself.
+
+    They are exported to the W&B server at exit, waiting up to 30 s for it: behind a server that accepts and never
+    answers (an online init that fell back), the process would hang that long after the script's last line. The
+    run's data is not affected.
+    """
+    try:
+        from wandb.analytics.opentelemetry import opentelemetry_proxy
+    except ImportError:  # a wandb without it exports nothing at exit
+        return
+    opentelemetry_proxy.disable()
+
+
+def _missing_credentials(wandb: Any) -> str | None:
+    """Why an online run cannot start for want of credentials, found without a request to the server; None if none.
+
+    ``wandb.login`` prints "logged in as <user>" unless silent, and asks the server for that user name to do so:
+    outside ``init_timeout``, and for as long as an unanswering server holds the request. Silent, it reads the
+    environment, ``.netrc`` and W&B's settings only.
+    """
+    wandb.setup(wandb.Settings(silent=True))
+    try:
+        found = wandb.login(prompt=False, verify=False)
+    except Exception as exc:  # a malformed key (AuthenticationError), two conflicting credential variables, ...
+        return f"W&B credentials rejected ({type(exc).__name__}: {exc})"
+    return None if found else "no W&B API key (set WANDB_API_KEY or run `wandb login`)"
+
+
+_HANDOFF_WAIT_S = 5.0
+
+
+def _release_service(wandb: Any) -> None:
+    """Let go of the W&B service of a failed online attempt, without waiting for its process to exit.
+
+    wandb-core keeps the failed attempt's run id ("run ID ... is in use"), so the offline run, which keeps the id
+    (a requeued job resumes it), needs a new service. A service whose server accepted and never answered takes about
+    2 s to exit once told to (docs/performance.md): ``wandb.teardown`` runs on a thread of its own, and the offline
+    run starts as soon as wandb has dropped the old service (its singleton, then its token in the environment, the
+    first things teardown does), not when the old process is gone.
+    """
+    from wandb.sdk import wandb_setup
+    from wandb.sdk.lib.service import service_token
+
+    old = wandb_setup.singleton()
+    closer = threading.Thread(target=wandb.teardown, name="sdxl-dist-log-wandb-teardown", daemon=True)
+    closer.start()
+    deadline = time.monotonic() + _HANDOFF_WAIT_S
+    while closer.is_alive() and time.monotonic() < deadline:
+        if wandb_setup.singleton() is not old and service_token.from_env() is None:
+            return
+        time.sleep(0.01)
+    closer.join()  # no handoff seen within the wait: a wandb that tears down otherwise; wait for all of it
+
+
 def _remove_failed_attempt(root: str, run_id: str, since: float) -> None:
     """Delete the directory a failed online init left (nothing was logged to it), so only the real run remains."""
     for path in glob.glob(os.path.join(root, "wandb", f"run-*-{glob.escape(run_id)}")):
@@ -202,32 +285,50 @@ def _remove_failed_attempt(root: str, run_id: str, since: float) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def _argv_scrubbed() -> Iterator[None]:
+    """Hide secrets on the command line from ``wandb.init`` while it starts the run.
+
+    W&B stores ``sys.argv`` in the run's environment record (its Settings' computed ``_args``, read when the run
+    starts): ``--hub_token hf_...`` would be in the ``.wandb`` file and, online, in the run's metadata. No setting
+    replaces it, so the process's argv is the redacted one (``secrets.scrub_argv``) for the duration of the call;
+    the program, host and Python are recorded as usual.
+    """
+    saved = sys.argv
+    sys.argv = [saved[0], *scrub_argv(saved[1:])] if saved else saved
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
 def _init(
     config: WandbConfig, proposed: RunIdentity, run_config: Mapping[str, Any], resume: str | None, mode: str,
-    logger: logging.Logger,
+    logger: logging.Logger, init_timeout: float | None = None,
 ) -> tuple[WandbBackend, RunIdentity]:
     import wandb
 
     kwargs: dict[str, Any] = {}
     if config.reinit:
         kwargs["reinit"] = "finish_previous"
-    run = wandb.init(
-        project=config.project,
-        entity=config.entity,
-        name=proposed.name,
-        id=proposed.run_id,
-        group=proposed.group,
-        job_type=proposed.job_type,
-        tags=list(proposed.tags),
-        notes=config.notes,
-        dir=config.dir,
-        resume=resume,
-        config=dict(run_config),
-        sync_tensorboard=config.sync_tensorboard,
-        save_code=config.save_code,
-        settings=_settings(config, mode),
-        **kwargs,
-    )
+    with _argv_scrubbed():
+        run = wandb.init(
+            project=config.project,
+            entity=config.entity,
+            name=proposed.name,
+            id=proposed.run_id,
+            group=proposed.group,
+            job_type=proposed.job_type,
+            tags=list(proposed.tags),
+            notes=scrub_text(config.notes) if config.notes else config.notes,
+            dir=config.dir,
+            resume=resume,
+            config=dict(run_config),
+            sync_tensorboard=config.sync_tensorboard,
+            save_code=config.save_code,
+            settings=_settings(config, mode, init_timeout),
+            **kwargs,
+        )
     backend = WandbBackend(run, step_metric=config.step_metric, logger=logger)
     run_dir = os.path.abspath(os.path.dirname(run.dir.rstrip("/"))) if run.dir else None
     return backend, dataclasses.replace(proposed, mode=mode, run_dir=run_dir)

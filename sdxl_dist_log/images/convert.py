@@ -97,6 +97,18 @@ def to_uint8_hwc(images: Any, *, value_range: tuple[float, float] = (0.0, 1.0)) 
     return out
 
 
+def checked_images(
+    images: Any, captions: str | Sequence[str | None] | None, value_range: tuple[float, float]
+) -> tuple[list[np.ndarray], list[str | None]]:
+    """The images of one logging call as uint8 HWC arrays, with one caption (or None) each; none for None or ``[]``.
+
+    Raises:
+        ImageInputError: as ``to_uint8_hwc`` and ``normalize_captions``.
+    """
+    arrays = to_uint8_hwc(images, value_range=value_range) if has_images(images) else []
+    return arrays, normalize_captions(captions, len(arrays))
+
+
 def _check_value_range(value_range: object) -> tuple[float, float]:
     try:
         low, high = (float(v) for v in value_range)  # type: ignore[union-attr]

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from sdxl_dist_log import WandbConfig, WandbLogger
+from sdxl_dist_log import CheckpointError, WandbConfig, WandbLogger
 from sdxl_dist_log.launch.local import run_ranks, values_or_raise
 from sdxl_dist_log.offline import read_run
 
@@ -36,12 +36,12 @@ def _one_process() -> dict[str, Any]:
         (ckpt / "final.pt").write_bytes(b"final")
         wb.log_model(ckpt / "final.pt", aliases=["best"])
         out["versions_run"] = os.path.abspath(wb.run_dir)
-    # missing path -> FileNotFoundError before anything is uploaded; config merge + redaction
+    # missing path -> CheckpointError before anything is uploaded; config merge + redaction
     config = WandbConfig(project="cfg", config={"wandb_api_key": "k0", "training": {"lr": 1e-4}}, **base)
     with WandbLogger(config) as wb:
         try:
             wb.log_model("no/such/checkpoint.pt", aliases=["final"])
-        except FileNotFoundError as exc:
+        except CheckpointError as exc:
             out["missing"] = str(exc)
         wb.log_config({"model": {"type": "sdxl", "params": {"unet": 1}}, "hf": {"token": "abc"}, "api_key": "k1"})
         out["merged"] = wb.log_config({
@@ -90,7 +90,7 @@ def test_checkpoint_directory_and_versions_of_one_artifact(logged: dict[str, Any
 
 
 def test_log_model_missing_path_raises_before_upload(logged: dict[str, Any]) -> None:
-    """A missing checkpoint raises FileNotFoundError naming the path, and no artifact record is written."""
+    """A missing checkpoint raises CheckpointError naming the path, and no artifact record is written."""
     assert "no/such/checkpoint.pt" in logged["missing"]
     run = read_run(logged["cfg_run"])
     assert run.artifacts == [] and run.record_counts.get("artifact", 0) == 0

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from sdxl_dist_log import ConfigError, WandbConfig, WandbLogger
-from sdxl_dist_log.identity import RunIdentity
+from sdxl_dist_log import CheckpointError, ConfigError, WandbConfig, WandbLogger
 from sdxl_dist_log.construction import resolve_config, start_line
+from sdxl_dist_log.identity import RunIdentity
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -105,7 +105,7 @@ def test_a_logger_that_shows_info_gets_the_line_instead(capsys: pytest.CaptureFi
 def test_disabled_has_no_run_and_rejects_a_missing_checkpoint(capsys: pytest.CaptureFixture[str]) -> None:
     with WandbLogger(project="p", mode="disabled", **QUIET) as wb:
         assert wb.run is None
-        with pytest.raises(FileNotFoundError, match="missing.pt"):
+        with pytest.raises(CheckpointError, match="missing.pt"):
             wb.log_model("missing.pt")
     capsys.readouterr()
 
@@ -121,7 +121,7 @@ def _offline() -> dict[str, Any]:
             out["run_name"] = wb.run.name
             try:
                 wb.log_model("missing.pt")
-            except FileNotFoundError as exc:
+            except CheckpointError as exc:
                 out["missing"] = str(exc)
             out["run_dir"] = os.path.abspath(wb.run_dir)
     finally:

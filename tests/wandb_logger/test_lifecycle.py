@@ -49,17 +49,39 @@ def test_unknown_config_keys_are_rejected_before_starting_anything(tmp_path: Pat
 
 
 def test_disabled_mode_writes_nothing(tmp_path: Path) -> None:
-    """``mode="disabled"``: every call works and returns, and nothing is written (no run directory, no file)."""
+    """``mode="disabled"``: every call returns at once, nothing is reduced, and nothing is written (no run directory,
+    no file)."""
     Path("weights.pt").write_bytes(b"w")
     with WandbLogger(WandbConfig(project="off", mode="disabled", dir=str(tmp_path / "disabled_out"))) as wb:
-        assert wb.log_metrics({"loss": 1.0}, step=0) == {"metrics/loss": 1.0}
-        wb.log_images([np.zeros((8, 8, 3))], step=0)
+        assert wb.log_metrics({"loss": 1.0}, step=0) is None
+        assert wb.log_images([np.zeros((8, 8, 3))], step=0) == 0
+        assert wb.main_process.log_images([np.zeros((8, 8, 3))], step=0) == 0
         assert wb.log_model("weights.pt", aliases=["final"]) is False
         wb.log_config({"a": 1})
         assert wb.identity.mode == "disabled" and wb.run_dir is None
     out = tmp_path / "disabled_out"
     assert not out.exists() or list(out.rglob("*")) == []
 
+
+
+@pytest.mark.slow
+def test_disabled_mode_makes_no_collective_and_gathers_nothing(tmp_path: Path) -> None:
+    """Two ranks with ``mode="disabled"``: building the logger, metrics, images (64x64 each), main-process calls and
+    ``finish`` send nothing through torch.distributed, counted by ``CollectiveProbe`` from before construction."""
+
+    def body(rank: int) -> dict[str, Any]:
+        from sdxl_dist_log.testing.probe import CollectiveProbe
+
+        with CollectiveProbe() as probe:
+            with WandbLogger(WandbConfig(project="off", mode="disabled", dir=str(tmp_path))) as wb:
+                for step in range(5):
+                    wb.log_metrics({"loss": 1.0 + rank, "lr": 1e-4}, step=step)
+                    wb.log_images([np.zeros((64, 64, 3), np.uint8)] * 4, step=step)
+                wb.main_process.log_metrics({"val": 1.0})
+                wb.log_config({"a": 1})
+        return {"calls": dict(probe.api), "bytes": probe.sent + probe.received}
+
+    assert values_or_raise(run_ranks(body, 2, timeout=120)) == [{"calls": {}, "bytes": 0}] * 2
 
 @pytest.mark.slow
 def test_world_size_without_process_group_warns_and_only_rank_zero_owns_a_run(tmp_path: Path, make_logger: Callable,

@@ -214,11 +214,13 @@ def test_differing_keys_with_strict_raise_on_every_rank_naming_ranks_and_keys(tm
 @pytest.mark.slow
 def test_a_bad_value_on_one_rank_raises_on_every_rank_and_logs_nothing(tmp_path: Path, make_logger: Callable,
                                                                         only_run: Callable) -> None:
-    """One rank's bad value fails that call on every rank (naming the rank); the next call logs as usual."""
+    """One rank's bad value fails that call on every rank: that rank raises its own error naming the key, the other,
+    with ``on_logging_fault="raise"``, one naming the rank; the next call logs as usual. (The default policy, where
+    the other rank logs instead of raising, is in test_bad_inputs.py.)"""
     def body(rank: int) -> str | None:
         from sdxl_dist_log.errors import MetricValueError
 
-        with make_logger(str(tmp_path)) as wb:
+        with make_logger(str(tmp_path), on_logging_fault="raise") as wb:
             wb.log_metrics({"loss": 1.0}, step=0)
             try:
                 wb.log_metrics({"loss": "oops" if rank == 1 else 2.0}, step=1)
@@ -230,8 +232,8 @@ def test_a_bad_value_on_one_rank_raises_on_every_rank_and_logs_nothing(tmp_path:
             return error
 
     errors = values_or_raise(run_ranks(body, 2, timeout=RANKS_TIMEOUT_S))
-    assert all(e is not None and "ranks [1]" in e for e in errors)
-    assert "'loss'" in errors[1]  # the rank with the bad value names the key
+    assert errors[0] is not None and "log_metrics at step 1: ranks [1] passed invalid metric values" in errors[0]
+    assert errors[1] is not None and errors[1].startswith("log_metrics at step 1 on rank 1: metric 'loss'")
     assert [row["trainer/step"] for row in only_run(tmp_path).rows_with("metrics/loss")] == [0, 2]
 
 
@@ -257,17 +259,18 @@ def test_async_metrics_keep_order_and_values(tmp_path: Path, make_logger: Callab
 @pytest.mark.slow
 def test_async_errors_never_make_one_rank_skip_a_call(tmp_path: Path, make_logger: Callable,
                                                       only_run: Callable) -> None:
-    """A background error surfaces once per rank, at different calls on different ranks, and no rank skips a call.
+    """An error surfaces once per rank, at different calls on different ranks, and no rank skips a call.
 
-    Rank 1 waits until its worker has run the bad step 0 (the error is pending) before its next call; rank 0 does
-    not wait, so its error surfaces later (at a later call or at ``finish``). Steps 1..3 must still be reduced over
-    both ranks: a rank that raised before queueing its call would leave the other waiting, or pair steps wrongly.
+    Rank 1's own bad value raises at its call, once the flagged row is queued; it then waits until its worker has
+    run step 0 with rank 0. Rank 0 (``on_logging_fault="raise"``) does not wait, so its error surfaces later, at a
+    later call or at ``finish``. Steps 1..3 must still be reduced over both ranks: a rank that raised before
+    queueing its call would leave the other waiting, or pair steps wrongly.
     """
     def body(rank: int) -> int:
         from sdxl_dist_log.errors import MetricValueError
 
         errors = 0
-        with make_logger(str(tmp_path), async_metrics=True) as wb:
+        with make_logger(str(tmp_path), async_metrics=True, on_logging_fault="raise") as wb:
             for step in range(4):
                 try:
                     wb.log_metrics({"loss": "bad" if (rank == 1 and step == 0) else float(10 * step + rank)},
