@@ -106,7 +106,7 @@ def _accelerate(ours: bool, keys: int, steps: int, root: str, rank: int) -> dict
 
         tracker = SdxlTracker("bench", mode="offline", dir=root, log_system_metrics=False)
         accelerator = Accelerator(log_with=[tracker], cpu=True)
-        tracker.wandb_logger  # every rank
+        _ = tracker.wandb_logger  # every rank
     else:
         accelerator = Accelerator(log_with="wandb", cpu=True)
         accelerator.init_trackers("bench", init_kwargs={"wandb": {"dir": root}})

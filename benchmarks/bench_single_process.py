@@ -143,7 +143,7 @@ def log_metrics_report(keys: int, calls: int, rounds: int, tmp: str) -> None:
         for fn in calls_by.values():
             fn()
     medians: dict[tuple[str, str], list[float]] = {name: [] for name in order}
-    for r in range(rounds):
+    for _ in range(rounds):
         samples: dict[tuple[str, str], list[float]] = {name: [] for name in order}
         for i in range(calls):
             step[0] += 1

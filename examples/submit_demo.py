@@ -5,7 +5,8 @@
     python examples/submit_demo.py --executor local --tasks-per-node 2
     python examples/submit_demo.py --nodes 2 --tasks-per-node 8 --gpus-per-node 8 --partition gpu --steps 1000
 
-Each task runs ``sdxl_dist_log.demo.train(steps, out_dir=..., mode=...)``. Every task gets MASTER_ADDR/MASTER_PORT/RANK/WORLD_SIZE/LOCAL_RANK
+Each task runs ``sdxl_dist_log.demo.train(steps, out_dir=..., mode=...)``.
+Every task gets MASTER_ADDR/MASTER_PORT/RANK/WORLD_SIZE/LOCAL_RANK
 (see sdxl_dist_log.launch.submit); the job is requeued on preemption/timeout under the same job id.
 """
 

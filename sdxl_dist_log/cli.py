@@ -45,7 +45,8 @@ def cli() -> None:
               help="run logging collectives on a background thread")
 @click.option("--resume/--no-resume", default=False,
               help="continue from the last checkpoint under --out-dir, into the same W&B run (its id is kept there)")
-@click.option("--fake-nvml", metavar="SPEC", default=None, show_default="the real NVML", callback=lambda ctx, param, value: _fake_nvml_spec(value),
+@click.option("--fake-nvml", metavar="SPEC", default=None, show_default="the real NVML",
+              callback=lambda ctx, param, value: _fake_nvml_spec(value),
               help="sample simulated GPUs instead of NVML, e.g. 'gpus=2,offset=5' (GPU figures without a GPU)")
 def demo_command(nproc: int, **train_options: Any) -> int:
     """Train a tiny model on N local ranks (or on a launcher's ranks) into a W&B run, then summarise the run.

@@ -152,7 +152,8 @@ class WandbConfig:
         if isinstance(self.resume, str):
             _check_choice(owner, "resume", self.resume, ("allow", "must", "never", "auto"))
         elif not isinstance(self.resume, bool):
-            raise ConfigError(f"{owner}.resume={self.resume!r} must be a bool or one of 'allow', 'must', 'never', 'auto'")
+            raise ConfigError(f"{owner}.resume={self.resume!r} must be a bool or one of "
+                              "'allow', 'must', 'never', 'auto'")
         if isinstance(self.tags, str) or not all(isinstance(t, str) for t in self.tags):
             raise ConfigError(f"{owner}.tags must be a list of strings, got {self.tags!r}")
         object.__setattr__(self, "tags", list(self.tags))  # frozen: the one normalisation at construction
@@ -170,7 +171,8 @@ class WandbConfig:
         _check_number(owner, "straggler_patience", self.straggler_patience, minimum=1)
         low, high = self.image_value_range
         if not low < high:
-            raise ConfigError(f"{owner}.image_value_range={self.image_value_range!r} must be (low, high) with low < high")
+            raise ConfigError(f"{owner}.image_value_range={self.image_value_range!r} "
+                              "must be (low, high) with low < high")
         object.__setattr__(self, "image_value_range", (float(low), float(high)))
         from sdxl_dist_log.metrics import MetricValueError, resolve_reduce
 

@@ -59,7 +59,7 @@ def describe_kind(kind: int) -> str:
 
 
 def build_frame(row: np.ndarray, *, sequence: int, call: CallInfo, frame: int) -> np.ndarray:
-    """The call header followed by ``row``, NaN-padded (or cut) to ``frame`` values; the header keeps the true length."""
+    """The call header, then ``row`` NaN-padded (or cut) to ``frame`` values; the header keeps the true length."""
     send = np.full(CALL_HEADER + frame, np.nan, dtype=np.float64)
     send[:CALL_HEADER] = (sequence, call.kind, -1 if call.step is None else call.step, len(row))
     fits = min(len(row), frame)

@@ -238,7 +238,8 @@ def _to_uint8(array: np.ndarray, index: int, low: float, high: float, dtype_name
         work[np.isnan(work)] = 0.0
         return work.astype(np.uint8)
     shape = array.shape[1:] if is_batch else array.shape
-    raise image_error(index, None, shape, dtype_name, "unsupported dtype; expected float, integer, uint8 or bool pixels")
+    raise image_error(index, None, shape, dtype_name,
+                      "unsupported dtype; expected float, integer, uint8 or bool pixels")
 
 
 def _pil_to_hwc(image: Image.Image, index: int) -> np.ndarray:

@@ -2,7 +2,8 @@
 
 Each task of the job runs :class:`DistributedTask`, which exports ``MASTER_ADDR``/``MASTER_PORT``/``RANK``/
 ``WORLD_SIZE``/``LOCAL_RANK``/``LOCAL_WORLD_SIZE`` through submitit's ``TorchDistributedEnvironment`` (so
-``torch.distributed.init_process_group()`` works with the default ``env://`` method), sets ``SDXL_DIST_LOG_LAUNCHER=submitit`` and calls the function. The wrapper is a
+``torch.distributed.init_process_group()`` works with the default ``env://`` method), sets
+``SDXL_DIST_LOG_LAUNCHER=submitit`` and calls the function. The wrapper is a
 ``submitit.helpers.Checkpointable``: when SLURM preempts the job or its time runs out, submitit catches the signal
 (``USR2``, ``signal_delay_s`` before the end), requeues the job under the **same** ``SLURM_JOB_ID`` and calls the
 function again with the same arguments; the function resumes from its own checkpoint, and sdxl_dist_log resumes the

@@ -117,8 +117,10 @@ class NvmlSampler:
         for index, handle in enumerate(self.handles):
             figures: dict[str, float] = {}
             for name, fn, args, transform in self._rows:
-                self.guard.run(name, lambda fn=fn, args=args, transform=transform: figures.update(  # noqa: B023 - called at once
-                    transform(fn(handle, *args))), unit=index)
+                def read(fn=fn, args=args, transform=transform, handle=handle, figures=figures) -> None:
+                    figures.update(transform(fn(handle, *args)))
+
+                self.guard.run(name, read, unit=index)
             watts, limit = figures.get("power_watts"), figures.get("power_limit_watts")
             if watts is not None and limit:
                 figures["power_percent"] = 100.0 * watts / limit

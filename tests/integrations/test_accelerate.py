@@ -40,7 +40,7 @@ def _diffusers_style_training(out: str, rank: int) -> dict[str, Any]:
     if accelerator.is_main_process:  # as diffusers' scripts write it
         accelerator.init_trackers("accel", config={"learning_rate": 0.1, "hub_token": "hf_secret"})
     seen: dict[str, Any] = {"distributed": accelerator.num_processes, "calls": []}
-    tracker.wandb_logger  # every rank: the logger starts here (Accelerate starts trackers on the main process only)
+    _ = tracker.wandb_logger  # every rank: the logger starts here (Accelerate starts trackers on the main process only)
     global_step = 0
     with CollectiveProbe() as probe:
         for _ in range(STEPS):

@@ -1,4 +1,4 @@
-"""sdxl_dist_log.integrations.values: a framework's mixed dict sorted into scalars and images, the same on every rank."""
+"""sdxl_dist_log.integrations.values: a framework's mixed dict sorted into scalars and images, alike on every rank."""
 
 from __future__ import annotations
 

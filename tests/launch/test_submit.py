@@ -130,7 +130,8 @@ def test_export_nothing_for_a_single_local_task_or_outside_a_job(task_env, monke
 
 def test_export_slurm_task_master_is_the_first_node(task_env) -> None:
     task_env(SUBMITIT_EXECUTOR="slurm", SLURM_JOB_ID="4242", SLURM_NTASKS="4", SLURM_JOB_NUM_NODES="2",
-             SLURM_NODEID="1", SLURM_JOB_NODELIST="gpu[007-008]", SLURM_PROCID="3", SLURM_LOCALID="1", CUDA_VISIBLE_DEVICES="0,1")
+             SLURM_NODEID="1", SLURM_JOB_NODELIST="gpu[007-008]", SLURM_PROCID="3", SLURM_LOCALID="1",
+             CUDA_VISIBLE_DEVICES="0,1")
     exported = export_distributed_env(1111)  # a SLURM job derives its port from the job id, whatever was passed
     assert exported is not None
     port = exported.pop("MASTER_PORT")

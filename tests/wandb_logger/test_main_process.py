@@ -61,7 +61,8 @@ def build_tiny_pipeline(root: Path) -> Path:
                                                 max_position_embeddings=16, bos_token_id=0, eos_token_id=1,
                                                 pad_token_id=1))
     pipeline = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                       scheduler=DDPMScheduler(num_train_timesteps=100, clip_sample=True), safety_checker=None,
+                                       scheduler=DDPMScheduler(num_train_timesteps=100, clip_sample=True),
+                                       safety_checker=None,
                                        feature_extractor=None, requires_safety_checker=False)
     pipeline.save_pretrained(root / "model")
     return root / "model"
