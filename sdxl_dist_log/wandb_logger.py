@@ -29,7 +29,7 @@ from sdxl_dist_log.framing import CallInfo, checked_step
 from sdxl_dist_log.identity import CONFIG_SECTION, RunIdentity, launch_record, propose_identity
 from sdxl_dist_log.images import convert, transport
 from sdxl_dist_log.metrics import apply_prefix
-from sdxl_dist_log.preemption import DEFAULT_SIGNALS, SignalChain
+from sdxl_dist_log.preemption import CLOSE_ON_SIGNAL_S, DEFAULT_SIGNALS, SignalChain
 from sdxl_dist_log.ranks import Launch, RankInfo
 from sdxl_dist_log.reduction import MetricReducer, PreparedMetrics
 from sdxl_dist_log.runconfig import deep_merge, redact_secrets
@@ -322,7 +322,7 @@ class WandbLogger:
         return dict(self._run_config)
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
-    def finish(self, exit_code: int = 0) -> None:
+    def finish(self, exit_code: int = 0, *, _timeout: float | None = None) -> None:
         """Drain queued logging, stop the sampler and close the run, within ``finish_timeout`` seconds in all.
 
         Raises:
@@ -331,7 +331,7 @@ class WandbLogger:
         if self._finished:
             return
         self._finished = True
-        deadline = time.monotonic() + self.config.finish_timeout
+        deadline = time.monotonic() + (self.config.finish_timeout if _timeout is None else _timeout)
         if not self._dispatcher.close(max(0.0, deadline - time.monotonic())):
             self._warn("queued logging did not finish within finish_timeout; the rest is dropped")
         if self._system is not None:
@@ -356,17 +356,20 @@ class WandbLogger:
             self._log.error("while finishing after an error: %s", pending)
 
     def handle_preemption(self, signals: Sequence[int] = DEFAULT_SIGNALS) -> None:
-        """On these signals, mark the run as preempting, flush and finish it (bounded), then run the previous handler.
+        """On these signals (SLURM's SIGTERM, SIGUSR1, submitit's SIGUSR2), mark the run as preempting and close it
+        within ``min(finish_timeout, 20 s)``, then run the previous handler (submitit's checkpoint and requeue).
 
-        Call from the main thread. submitit's own handlers (checkpoint + requeue) still run after ours.
+        Call from the main thread. A repeated signal changes nothing; rows logged after the close are written into
+        the run when the job resumes (docs/slurm.md).
         """
         self._signals.install(signals)
 
     def _close_on_signal(self, signum: int) -> None:
-        self._warn(f"received {signal.Signals(signum).name}: marking the run as preempting and finishing it")
+        name = signal.Signals(signum).name
+        self._warn(f"received {name}: marking the run as preempting and finishing it")
         if self.is_primary:
-            self._backend.mark_preempting()
-        self.finish(exit_code=1)
+            self._backend.mark_preempting(name)
+        self.finish(1, _timeout=min(self.config.finish_timeout, CLOSE_ON_SIGNAL_S))
 
     # -- internals ----------------------------------------------------------------------------------------------
     @property
