@@ -329,12 +329,17 @@ def settle(log: AttemptLog, *, by: str) -> None:
 
 
 def step_range(log: AttemptLog) -> tuple[float | None, float | None]:
-    """The first and last training step this attempt logged, from its events and its remaining entries."""
-    steps = [e["steps"] for e in log.events if isinstance(e.get("steps"), list) and len(e["steps"]) == 2]
+    """The first and last training step this attempt logged itself (not what it wrote for an earlier attempt),
+    from its events and its remaining entries."""
+    own = ("confirmed", "service_lost", "closed")  # a took_over event's steps are the earlier attempt's
+    steps = [e["steps"] for e in log.events
+             if e.get("event") in own and isinstance(e.get("steps"), list) and len(e["steps"]) == 2]
     firsts = [s[0] for s in steps if isinstance(s[0], (int, float))]
     lasts = [s[1] for s in steps if isinstance(s[1], (int, float))]
     for entry in log.entries.values():
         step = entry.get("step")
+        if "from" in entry:  # written for an earlier attempt
+            continue
         if isinstance(step, (int, float)) and not (isinstance(step, float) and math.isnan(step)):
             firsts.append(step)
             lasts.append(step)

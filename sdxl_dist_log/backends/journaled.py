@@ -95,7 +95,7 @@ class JournaledBackend:
                                   self.session.run_id, kind)
             return None
         step = entry.get("step")
-        if isinstance(step, int):
+        if isinstance(step, int) and "from" not in entry:
             self._last_step = step
         try:
             seq = self.journal.append(kind, entry)
@@ -214,7 +214,7 @@ class JournaledBackend:
             taken = lost = 0
             with self._front:
                 for seq in seqs:
-                    if self._replay(earlier.entries[seq], earlier.media.get(seq)):
+                    if self._replay(earlier.entries[seq], earlier.media.get(seq), earlier.name):
                         taken += 1
                     else:
                         lost += 1
@@ -231,10 +231,11 @@ class JournaledBackend:
             self.writer.put(Op("summary", payload={"values": {"sdxl_dist_log/rows_from_earlier_attempts": total}}))
         return total
 
-    def _replay(self, entry: dict[str, Any], media: list[str] | None) -> bool:
-        kind, step = entry.get("kind"), entry.get("step")
+    def _replay(self, entry: dict[str, Any], media: list[str] | None, earlier: str) -> bool:
+        """Journal and queue an earlier attempt's entry as one of this attempt's, marked ``from`` that attempt."""
+        kind, origin = entry.get("kind"), {"step": entry.get("step"), "from": earlier}
         if kind == "row" and isinstance(entry.get("row"), dict):
-            self._entry("row", {"step": step, "row": entry["row"]}, {"row": entry["row"], "step": step})
+            self._entry("row", {**origin, "row": entry["row"]}, {**origin, "row": entry["row"]})
             return True
         if kind == "images" and media and all(os.path.exists(m) for m in media):
             self.journal.media_dir.mkdir(exist_ok=True)
@@ -243,14 +244,13 @@ class JournaledBackend:
                 target = self.journal.media_dir / f"{self.journal.next_seq}-{index}.png"
                 shutil.copyfile(source, target)
                 files.append(str(target))
-            fields = {"step": step, "key": entry["key"], "captions": entry.get("captions") or [None] * len(files)}
-            self._entry("images", {**fields, "count": len(files), "files": files}, {**fields, "files": files})
+            fields = {"key": entry["key"], "captions": entry.get("captions") or [None] * len(files), "files": files}
+            self._entry("images", {**origin, **fields, "count": len(files)}, {**origin, **fields})
             return True
         if kind == "artifact" and os.path.exists(str(entry.get("path"))):
             fields = {k: entry[k] for k in ("path", "name", "type", "aliases", "metadata")}
-            self._entry("artifact", {"step": step, **fields}, fields)
+            self._entry("artifact", {**origin, **fields}, {**origin, **fields})
             return True
         return False
-
 
 __all__ = ["CALL_TIMEOUT_S", "JournaledBackend"]

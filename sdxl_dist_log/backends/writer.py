@@ -265,7 +265,7 @@ class RunWriter:
 
     def _note_step(self, op: Op) -> None:
         step = op.payload.get("step")
-        if isinstance(step, (int, float)):
+        if isinstance(step, (int, float)) and "from" not in op.payload:  # an earlier attempt's step is not ours
             self._steps = [step if self._steps[0] is None else min(self._steps[0], step),
                            step if self._steps[1] is None else max(self._steps[1], step)]
 
