@@ -249,8 +249,8 @@ class RunWriter:
             session.log_artifact(p["path"], name=p["name"], type=p["type"], aliases=p["aliases"],
                                  metadata=p["metadata"])
         elif op.kind == "config":
-            self._config.update(p["values"])  # first: a new part started after a failure here starts with it
             session.update_config(p["values"])
+            self._config.update(p["values"])  # what a new part starts with: never values W&B refused
         elif op.kind == "summary":
             session.update_summary(p["values"])
         elif op.kind == "mark":

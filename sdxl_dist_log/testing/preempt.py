@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -66,8 +67,20 @@ def send(job_id: str, how: str) -> float:
 
 
 def release(job_id: str) -> None:
-    """Start a requeued job now instead of after SLURM's ~120 s BeginTime hold."""
-    if squeue_state(job_id) == "PENDING":
+    """Start a requeued job now instead of after SLURM's ~120 s BeginTime hold, once 2 s have passed since the requeue.
+
+    Not sooner: a batch job started in the same second its previous attempt was killed is refused by slurmd ("Job
+    credential revoked"), and the job fails instead of running.
+    """
+    done = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, timeout=30)
+    fields = dict(item.split("=", 1) for item in done.stdout.split() if "=" in item)
+    if fields.get("JobState") != "PENDING":
+        return
+    try:
+        requeued = datetime.fromisoformat(fields.get("SubmitTime", "")).timestamp()
+    except ValueError:
+        return
+    if time.time() - requeued >= 2:
         subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], capture_output=True, timeout=30)
 
 

@@ -203,11 +203,13 @@ def test_a_refused_row_is_reported_once_and_the_next_rows_land(tmp_path: Path,
 
 def test_a_dead_service_is_replaced_once_reported_and_what_its_file_lacks_is_written_again(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """Rows 0..4 sent, 0..1 flushed, then the service dies: one warning, a new part started with the whole config,
+    """Rows 0..4 sent, 0..1 flushed, then the service dies: one warning, a new part started with the config W&B took,
     rows 2..4 written into it before row 5, and the summary counts the restart."""
     session = FakeSession()
     backend = _backend(tmp_path, session)
     backend.update_config({"batch": 8})
+    with pytest.raises(LoggingInputError):
+        backend.update_config({1: "a"})  # refused: never part of the config a new part starts with
     for step in range(5):
         backend.log_row({"x": float(step)}, step=step)
         if step == 1:
