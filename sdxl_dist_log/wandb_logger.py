@@ -322,16 +322,19 @@ class WandbLogger:
         return dict(self._run_config)
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
-    def finish(self, exit_code: int = 0, *, _timeout: float | None = None) -> None:
+    def finish(self, exit_code: int = 0) -> None:
         """Drain queued logging, stop the sampler and close the run, within ``finish_timeout`` seconds in all.
 
         Raises:
             The first error of a background logging job, after the run is closed (``async_metrics`` only).
         """
+        self._finish(exit_code, self.config.finish_timeout)
+
+    def _finish(self, exit_code: int, timeout: float) -> None:
         if self._finished:
             return
         self._finished = True
-        deadline = time.monotonic() + (self.config.finish_timeout if _timeout is None else _timeout)
+        deadline = time.monotonic() + timeout
         if not self._dispatcher.close(max(0.0, deadline - time.monotonic())):
             self._warn("queued logging did not finish within finish_timeout; the rest is dropped")
         if self._system is not None:
@@ -359,17 +362,15 @@ class WandbLogger:
         """On these signals (SLURM's SIGTERM, SIGUSR1, submitit's SIGUSR2), mark the run as preempting and close it
         within ``min(finish_timeout, 20 s)``, then run the previous handler (submitit's checkpoint and requeue).
 
-        Call from the main thread. A repeated signal changes nothing; rows logged after the close are written into
-        the run when the job resumes (docs/slurm.md).
+        Call from the main thread. A repeated signal changes nothing; see docs/slurm.md, section 6.
         """
         self._signals.install(signals)
 
     def _close_on_signal(self, signum: int) -> None:
         name = signal.Signals(signum).name
         self._warn(f"received {name}: marking the run as preempting and finishing it")
-        if self.is_primary:
-            self._backend.mark_preempting(name)
-        self.finish(1, _timeout=min(self.config.finish_timeout, CLOSE_ON_SIGNAL_S))
+        self._backend.mark_preempting(name)  # a no-op off the primary (NullBackend)
+        self._finish(1, min(self.config.finish_timeout, CLOSE_ON_SIGNAL_S))
 
     # -- internals ----------------------------------------------------------------------------------------------
     @property
