@@ -1,4 +1,4 @@
-"""The ``sdxl-dist-log`` command: ``demo``, ``inspect`` and ``submit``, one click group.
+"""The ``sdxl-dist-log`` command: ``demo``, ``inspect``, ``report`` and ``submit``, one click group.
 
 Every option of every subcommand is declared here, so ``--help`` shows each default and choice, and one parser
 handles the whole command line, ``submit``'s ``--`` included. A user error (a bad value, a missing argument, an
@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-__all__ = ["cli", "demo_command", "inspect_command", "main", "run_command", "submit_command"]
+__all__ = ["cli", "demo_command", "inspect_command", "main", "report_command", "run_command", "submit_command"]
 
 _SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"], "show_default": True, "max_content_width": 110}
 _TAIL_LINES = 40
@@ -33,15 +33,18 @@ def cli() -> None:
 # ------------------------------------------------------------------------------------------------------------------
 @cli.command("demo", context_settings=_SETTINGS, short_help="train a tiny model on N ranks into a W&B run")
 @click.option("--nproc", type=click.IntRange(min=1), default=2, help="ranks to spawn when not under a launcher")
-@click.option("--steps", type=int, default=20, help="training steps")
-@click.option("--out-dir", default="outputs/demo", help="W&B run, checkpoints and logs go here")
+@click.option("--steps", type=click.IntRange(min=1), default=20, help="training steps")
+@click.option("--out-dir", type=click.Path(file_okay=False), default="outputs/demo",
+              help="W&B run, checkpoints, logs and the run id go here")
 @click.option("--mode", type=click.Choice(["online", "offline", "disabled"]), default="offline",
               help="W&B mode (online without a key falls back to offline)")
-@click.option("--system-metrics-interval", type=float, default=0.5, help="seconds between system samples")
-@click.option("--step-time", type=float, default=0.05, help="seconds of simulated work per step")
+@click.option("--system-metrics-interval", type=click.FloatRange(min=0, min_open=True), default=0.5,
+              help="seconds between system samples")
+@click.option("--step-time", type=click.FloatRange(min=0), default=0.05, help="seconds of simulated work per step")
 @click.option("--async-metrics/--no-async-metrics", default=False,
               help="run logging collectives on a background thread")
-@click.option("--resume/--no-resume", default=False, help="continue from the last checkpoint under --out-dir")
+@click.option("--resume/--no-resume", default=False,
+              help="continue from the last checkpoint under --out-dir, into the same W&B run (its id is kept there)")
 @click.option("--fake-nvml", metavar="SPEC", default=None, show_default="the real NVML", callback=lambda ctx, param, value: _fake_nvml_spec(value),
               help="sample simulated GPUs instead of NVML, e.g. 'gpus=2,offset=5' (GPU figures without a GPU)")
 def demo_command(nproc: int, **train_options: Any) -> int:
@@ -87,7 +90,7 @@ def inspect_command(run_dirs: tuple[str, ...]) -> int:
         for run_path in runs or [path]:
             try:
                 run = read_run(run_path)
-            except (FileNotFoundError, ValueError) as exc:
+            except (OSError, ValueError) as exc:  # missing, unreadable, or not a run
                 print(f"sdxl-dist-log inspect: {run_path}: {exc}", file=sys.stderr)
                 status = 2
                 continue
@@ -98,6 +101,37 @@ def inspect_command(run_dirs: tuple[str, ...]) -> int:
         if len(parts) > 1 or attempts.count("\n  ") > 2:  # one part of one attempt says nothing more
             print("\n" + attempts)
     return status
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# report
+# ------------------------------------------------------------------------------------------------------------------
+@cli.command("report", context_settings=_SETTINGS, short_help="write a self-contained HTML report of a run")
+@click.argument("run_dirs", nargs=-1, required=True, metavar="RUN_DIR...")
+@click.option("-o", "--output", default="report.html", type=click.Path(dir_okay=False, writable=True),
+              help="the HTML file to write")
+@click.option("--max-points", type=click.IntRange(min=2), default=1000,
+              help="points per line at most; longer lines keep each stretch's lowest and highest value")
+@click.option("--max-columns", type=click.IntRange(min=1), default=1000, help="time buckets per heatmap row at most")
+@click.option("--max-image-steps", type=click.IntRange(min=2), default=12,
+              help="image logs shown at most, spread over the run")
+def report_command(run_dirs: tuple[str, ...], output: str, max_points: int, max_columns: int,
+                   max_image_steps: int) -> int:
+    """Write one HTML file showing a run: metrics, GPU heatmaps, stragglers, images, artifacts, config, attempts.
+
+    RUN_DIR is a run directory, its .wandb file, or a folder holding runs. The directories of a requeued run (one
+    run id, one directory per attempt) are read as one run; runs of different ids are an error. The file needs no
+    network: the plotting library and the images are inside it.
+    """
+    from sdxl_dist_log.report import ReportOptions, write_report
+
+    options = ReportOptions(max_points=max_points, max_columns=max_columns, max_image_steps=max_image_steps)
+    try:
+        path = write_report(run_dirs, output, options)
+    except (FileNotFoundError, ValueError, ModuleNotFoundError) as exc:
+        raise click.UsageError(str(exc), ctx=click.get_current_context()) from None
+    print(f"report: {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+    return 0
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -234,11 +268,13 @@ def run_command(command: click.Command, argv: Sequence[str] | None, prog_name: s
         prog_name: the program name that usage lines and error lines start with.
 
     Returns:
-        The command's return value (0 when it returns None); 2 on a user error; 1 when interrupted.
+        The command's return value (0 when it returns None); 2 on a user error; 1 when interrupted, or when the
+        reader of stdout went away (``sdxl-dist-log inspect RUN | head``: click ends the command quietly).
     """
     try:
         result = command.main(args=None if argv is None else list(argv), prog_name=prog_name,
                               standalone_mode=False)
+
     except click.exceptions.NoArgsIsHelpError as exc:  # a bare group: its help, as click prints it
         exc.show()
         return exc.exit_code

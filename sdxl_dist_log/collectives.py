@@ -1,38 +1,67 @@
 """The only module that touches torch.distributed.
 
-The logger runs its collectives on a gloo group of its own, created once when the logger is built:
+The logger runs its collectives on gloo groups of its own, created once when the logger is built:
 - a logging timeout never trips the NCCL watchdog of the training group (which would kill the job), and a broken
   logging group leaves the training group untouched;
 - the values are tiny (one float64 row per rank), so CPU transport costs less than the host copy it saves.
 
+On one node a call is one ``all_gather``. On several nodes it is the two-level pattern of ``hierarchy.py``: a gather
+to each node's leader, a gather of the leaders' aggregates to the primary, and the result broadcast back (primary to
+leaders, each leader to its node), so the cost of a call grows with log W, not with W; no group spans every rank.
+Groups connect lazily where torch allows it (``_gloo_backend``): a rank opens a connection to a peer when it first
+sends to it, not a full mesh when the group is made.
+
 Every collective is bounded by ``timeout``. A rank that has waited ``presence_after`` seconds posts its presence to
 the process group's key-value store; when the wait fails, the ranks that never posted are named in the error. Rows
 travel in frames with a call header (``framing.py``), so a rank that skipped a call is caught in the next one. After
-any failure the group is closed for logging: later calls reduce nothing and say so once, and training goes on.
+any failure the groups are closed for logging: later calls reduce nothing and say so once, and training goes on.
 
 Without an initialized process group every operation is the identity on this rank's data.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Generator
 from datetime import timedelta
 from typing import Any
 
 import numpy as np
 
 from sdxl_dist_log.errors import CollectiveError, CollectiveTimeoutError
-from sdxl_dist_log.framing import CALL_HEADER, INITIAL_FRAME, LENGTH, CallInfo, build_frame, grown_frame, out_of_step
-from sdxl_dist_log.ranks import RankInfo
+from sdxl_dist_log.framing import CallInfo, out_of_step
+from sdxl_dist_log.hierarchy import (
+    ALL_GATHER,
+    BROADCAST,
+    GATHER,
+    LEADERS,
+    NODE,
+    RECV,
+    SEND,
+    CallState,
+    Op,
+    Outcome,
+    Stage,
+    call_rounds,
+)
+from sdxl_dist_log.ranks import Launch, RankInfo
+from sdxl_dist_log.topology import Topology, exchange_layout
 
 _log = logging.getLogger("sdxl_dist_log")
 _instance_numbers = itertools.count()  # same on every rank: loggers are built in the same order everywhere
+_LAZY_GLOO = "sdxl_dist_log_gloo"
+
+
+def stage_margin(timeout: float) -> float:
+    """Seconds each later stage of a call waits beyond the one before (see ``Collectives._execute``)."""
+    return min(2.0, max(0.1, timeout / 10))
+
 
 def placed_by_process_group(rank: RankInfo) -> RankInfo:
     """``rank`` with rank and world size taken from torch.distributed's default group, when one is initialized.
@@ -45,11 +74,50 @@ def placed_by_process_group(rank: RankInfo) -> RankInfo:
     return rank.with_process_group(dist.get_rank(), dist.get_world_size())
 
 
-class Collectives:
-    """Logging collectives over one gloo group, each bounded in time.
+def _gloo_backend(interfaces: str | None) -> str:
+    """The backend name for the logger's groups: gloo whose connections open on first use, where torch can.
 
-    Build it with ``Collectives.create`` on every rank at the same point (it creates a process group when
+    torch's own gloo groups connect every pair of members when a group is made (a full mesh) unless the user sets
+    ``TORCH_GLOO_LAZY_INIT=1``, which this package never writes for them. ``ProcessGroupGloo`` takes the same choice
+    per device (``create_device(..., lazy_init=True)``), and ``new_group`` passes no options to gloo, so the logger
+    registers a backend of its own that builds gloo groups with such devices (on ``interfaces``, the launch's
+    ``GLOO_SOCKET_IFNAME``, else the host's default address, as torch does). Plain "gloo" where torch lacks it.
+    """
+    import torch.distributed as dist
+
+    if _LAZY_GLOO in dist.Backend.backend_list:
+        return _LAZY_GLOO
+    gloo = getattr(dist, "ProcessGroupGloo", None)
+    if gloo is None or not hasattr(gloo, "_Options") or "lazy_init" not in (gloo.create_device.__doc__ or ""):
+        return "gloo"
+    # the process group's own device may be a GPU (init_process_group(device_id=...)): map it here too; gloo
+    # connects nothing eagerly for it
+    dist.Backend.register_backend(_LAZY_GLOO, functools.partial(_lazy_gloo_group, interfaces),
+                                  devices=["cpu", "cuda"])
+    return _LAZY_GLOO
+
+
+def _lazy_gloo_group(interfaces: str | None, store: Any, rank: int, size: int, timeout: timedelta) -> Any:
+    from torch.distributed import ProcessGroupGloo
+
+    options = ProcessGroupGloo._Options()
+    options._timeout = timeout
+    if interfaces:
+        options._devices = [ProcessGroupGloo.create_device(interface=name, lazy_init=True)
+                            for name in interfaces.split(",") if name]
+    else:
+        options._devices = [ProcessGroupGloo.create_default_device(lazy_init=True)]
+    return ProcessGroupGloo(store, rank, size, options)
+
+
+class Collectives:
+    """Logging collectives over the logger's gloo groups, each bounded in time.
+
+    Build it with ``Collectives.create`` on every rank at the same point (it creates process groups when
     torch.distributed is initialized).
+
+    Attributes:
+        state: the call count, and the frame and per-rank block sizes (grown in lockstep when a row needs more).
     """
 
     def __init__(
@@ -57,20 +125,23 @@ class Collectives:
         *,
         rank: int,
         world_size: int,
-        group: Any = None,
+        groups: dict[str, Any] | None = None,
+        topology: Topology | None = None,
         store: Any = None,
         timeout: float = 300.0,
         namespace: str = "sdxl_dist_log/0",
     ) -> None:
         self.rank = rank
         self.world_size = world_size
-        self._group = group
+        self._groups = groups or {}
+        self._sizes: dict[str, int] = {}
+        self._topology = topology or Topology.alone()
         self._store = store
         self.timeout = timeout
         self.presence_after = min(1.0, timeout / 4)
+        self.margin = stage_margin(timeout)
         self.namespace = namespace
-        self._sequence = 0
-        self.frame = INITIAL_FRAME
+        self.state = CallState()
         self._in_flight: tuple[int, float] | None = None
         self._watchdog: threading.Thread | None = None
         self._closed = threading.Event()
@@ -78,36 +149,58 @@ class Collectives:
         self.failure: CollectiveError | None = None
 
     @classmethod
-    def create(cls, *, rank: int, world_size: int, timeout: float) -> Collectives:
-        """Collectives over a new gloo group when torch.distributed is initialized, else the identity.
+    def create(cls, *, rank: int, world_size: int, timeout: float, launch: Launch | None = None,
+               primary: int = 0) -> Collectives:
+        """Collectives over new gloo groups when torch.distributed is initialized, else the identity.
 
         Args:
             rank: this process's rank from the environment (used when no process group exists).
             world_size: the launch's size from the environment (likewise).
             timeout: seconds each logging collective may wait for the other ranks.
+            launch: the launch: this rank's node (``rank.node_rank``: ranks with the same value share a node's
+                group) and ``gloo_socket_ifname`` (the network interfaces for gloo; the host's default when None).
+            primary: the rank that owns the run (it leads its node and roots the leaders' group).
+
+        Raises:
+            CollectiveTimeoutError: not every rank built its logger within ``timeout`` (named).
         """
         import torch.distributed as dist
 
         if not (dist.is_available() and dist.is_initialized()):
             return cls(rank=rank, world_size=1, timeout=timeout)
         number = next(_instance_numbers)
-        # gloo abandons a pending operation only at the group's timeout: keep it at the per-call bound, so a rank that
-        # arrives after the others gave up fails too instead of completing against an abandoned operation
-        group = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout + 2.0))
+        namespace = f"sdxl_dist_log/{number}"
+        rank, world_size = dist.get_rank(), dist.get_world_size()
         store = dist.distributed_c10d._get_default_store()
-        return cls(
-            rank=dist.get_rank(),
-            world_size=dist.get_world_size(),
-            group=group,
-            store=store,
-            timeout=timeout,
-            namespace=f"sdxl_dist_log/{number}",
-        )
+        primary = primary if 0 <= primary < world_size else 0  # the logger raises ConfigError for it next
+        launch = launch or Launch()
+        layout = exchange_layout(store, rank=rank, world_size=world_size, node_id=launch.rank.node_rank,
+                                 primary=primary, namespace=namespace, timeout=timeout)
+        topology = layout.for_rank(rank)
+        backend = _gloo_backend(launch.gloo_socket_ifname)
+        # gloo abandons a pending operation only at the group's timeout: keep it at the latest bound of a call, so a
+        # rank that arrives after the others gave up fails too instead of completing against an abandoned operation
+        bound = timedelta(seconds=timeout + 2 * stage_margin(timeout) + 2.0)
+        groups: dict[str, Any] = {}
+        # every rank makes every group, in the same order: torch names groups by a counter common to all ranks
+        for members in topology.nodes:
+            group = dist.new_group(list(members), backend=backend, timeout=bound)
+            if rank in members:
+                groups[NODE] = group
+        if not topology.single_node:
+            groups[LEADERS] = dist.new_group(list(topology.leaders), backend=backend, timeout=bound)
+        return cls(rank=rank, world_size=world_size, groups=groups, topology=topology, store=store,
+                   timeout=timeout, namespace=namespace)
 
     @property
     def active(self) -> bool:
         """True while collectives reach the other ranks (several ranks, no failure so far)."""
-        return self._group is not None and self.failure is None
+        return bool(self._groups) and self.failure is None
+
+    @property
+    def topology(self) -> Topology:
+        """Where this rank sits in the logging groups; a world of one when not active."""
+        return self._topology if self.active else Topology.alone()
 
     @property
     def store(self) -> Any:
@@ -119,81 +212,70 @@ class Collectives:
         return self._store
 
     # -- operations ---------------------------------------------------------------------------------------------
-    def all_gather_rows(self, row: np.ndarray, call: CallInfo) -> np.ndarray:
-        """Gather one float64 row from every rank (lengths may differ), checking all ranks are in the same call.
-
-        One gather in the steady state; when some rank's row outgrows the frame, every rank sees it in the headers,
-        grows the frame alike and gathers once more.
-
-        Returns:
-            Array of shape (ranks, longest row), shorter rows padded with NaN; one row when not active.
+    def reduce_call(self, row: np.ndarray, call: CallInfo, stage: Stage) -> Outcome:
+        """Run one call's collectives for this rank's ``row`` (``hierarchy.call_rounds``): every rank ends with the
+        same result.
 
         Raises:
             CollectiveTimeoutError: ranks did not arrive within the timeout (they are named).
             RanksOutOfStepError: ranks are in different logging calls (they are named).
+            CollectiveError: a defect in the stage on some rank (every rank raises).
         """
-        if not self.active:
-            return row[None, :].copy()
-        gathered = self._gather_frame(row, call)
-        longest = int(np.max(gathered[:, LENGTH]))
-        if longest > self.frame:
-            self.frame = grown_frame(longest, self.frame)
-            gathered = self._gather_frame(row, call)
-        return gathered[:, CALL_HEADER : CALL_HEADER + longest]
+        return self.run(call_rounds(self.topology, row, call, stage, self.state), call)
 
-    def _gather_frame(self, row: np.ndarray, call: CallInfo) -> np.ndarray:
+    def run(self, steps: Generator[Op, Any, Any], call: CallInfo) -> Any:
+        """Drive ``steps`` (``hierarchy``'s generators) over the logging groups; returns what they return.
+
+        Raises:
+            CollectiveError: anything the steps raise of that kind closes the groups for logging first.
+        """
+        started = time.monotonic()
+        value: Any = None
+        try:
+            while True:
+                value = self._execute(steps.send(value), call, started)
+        except StopIteration as done:
+            return done.value
+        except CollectiveError as error:
+            self.failure = self.failure or error
+            raise
+
+    def _execute(self, op: Op, call: CallInfo, started: float) -> Any:
+        group = self._groups.get(op.level) if self.active else None
+        if group is None:  # a group of one: nothing to exchange (no point-to-point op reaches here)
+            return op.data if op.kind == BROADCAST else op.data[None]
         import torch
         import torch.distributed as dist
 
-        self._sequence += 1
-        send = build_frame(row, sequence=self._sequence, call=call, frame=self.frame)
-        out = torch.empty(self.world_size * send.size, dtype=torch.float64)
-        # torch 2.13 renamed all_gather_into_tensor to all_gather_single (the old name warns there); older torch has
-        # only the old name
-        gather_flat = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-        self._wait(gather_flat(out, torch.from_numpy(send), group=self._group, async_op=True), call)
-        gathered = out.numpy().reshape(self.world_size, -1)
-        self._check_in_step(gathered[:, :CALL_HEADER], call)
-        return gathered
-
-    def all_gather_object(self, obj: Any, call: CallInfo) -> list[Any]:
-        """Gather a picklable object from every rank (rare paths only: it pickles). Identity when not active."""
-        if not self.active:
-            return [obj]
-        import torch.distributed as dist
-
-        out: list[Any] = [None] * self.world_size
-        self._guard(lambda: dist.all_gather_object(out, obj, group=self._group), call)
-        return out
-
-    def gather_bytes(self, payload: np.ndarray, sizes: Sequence[int], dst: int, call: CallInfo) -> list[np.ndarray]:
-        """Gather variable-length uint8 buffers to ``dst`` in one ``gather`` (padded to the longest).
-
-        Args:
-            payload: this rank's bytes; ``len(payload) == sizes[rank]``.
-            sizes: every rank's length, known to all ranks beforehand (from an ``all_gather_rows``).
-            dst: the receiving rank.
-
-        Returns:
-            On ``dst``, every rank's buffer (index = rank); elsewhere an empty list.
-        """
-        if not self.active:
-            return [payload]
-        import torch
-        import torch.distributed as dist
-
-        longest = max(sizes)
-        if longest == 0:
-            return [np.empty(0, np.uint8) for _ in sizes] if self.rank == dst else []
-        send = torch.zeros(longest, dtype=torch.uint8)
-        send[: len(payload)] = torch.from_numpy(np.ascontiguousarray(payload))
-        gather_list = [torch.empty(longest, dtype=torch.uint8) for _ in sizes] if self.rank == dst else None
-        self._sequence += 1
-        work = dist.gather(send, gather_list, dst=dst, group=self._group, async_op=True)
-        self._wait(work, call)
-        if gather_list is None:
-            return []
-        return [t.numpy()[:n] for t, n in zip(gather_list, sizes)]
+        size = self._sizes.get(op.level) or self._sizes.setdefault(op.level, dist.get_world_size(group))
+        if size == 1 and op.kind in (GATHER, BROADCAST, ALL_GATHER):
+            return op.data if op.kind == BROADCAST else op.data[None]
+        sent = torch.from_numpy(op.data)
+        # each later stage waits a little longer, from the same start: a rank late by up to the timeout is still
+        # paired at every stage, on every rank
+        bound = max(0.05, self.timeout + op.deadline * self.margin - (time.monotonic() - started))
+        if op.kind in (SEND, RECV):
+            start = dist.isend if op.kind == SEND else dist.irecv
+            self._wait(start(sent, op.root, group=group), call, bound)
+            return sent.numpy() if op.kind == RECV else None
+        if op.kind == GATHER:
+            out = torch.empty((size, len(op.data)), dtype=sent.dtype) if op.root == self.rank else None
+            work = dist.gather(sent, list(out.unbind(0)) if out is not None else None, dst=op.root, group=group,
+                               async_op=True)
+            self._wait(work, call, bound)
+            return out.numpy() if out is not None else None
+        if op.kind == BROADCAST:
+            work = dist.broadcast(sent, src=op.root, group=group, async_op=True)
+            self._wait(work, call, bound)
+            return sent.numpy()
+        if op.kind == ALL_GATHER:
+            out = torch.empty(size * len(op.data), dtype=sent.dtype)
+            # torch 2.13 renamed all_gather_into_tensor to all_gather_single (the old name warns there); older torch
+            # has only the old name
+            gather_flat = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+            self._wait(gather_flat(out, sent, group=group, async_op=True), call, bound)
+            return out.numpy().reshape(size, -1)
+        raise ValueError(f"unknown collective {op.kind!r}")
 
     def broadcast_json(self, obj: Any, src: int, call: CallInfo, *, timeout: float | None = None) -> Any:
         """Send a small JSON-able value from ``src`` to every rank through the process group's store.
@@ -228,30 +310,29 @@ class Collectives:
             raise error from None
 
     def close(self) -> None:
-        """Stop the watchdog and free the logging group (local; no collective). Idempotent."""
+        """Stop the watchdog and free the logging groups (local; no collective). Idempotent."""
         self._closed.set()
-        group, self._group = self._group, None
-        if group is not None:
+        groups, self._groups = self._groups, {}
+        if groups:
             import torch.distributed as dist
 
-            try:
-                dist.destroy_process_group(group)
-            except Exception as exc:  # the default group may already be gone at interpreter exit
-                _log.debug("could not destroy the logging group: %s", exc)
+            for group in groups.values():
+                try:
+                    dist.destroy_process_group(group)
+                except Exception as exc:  # the default group may already be gone at interpreter exit
+                    _log.debug("could not destroy a logging group: %s", exc)
 
     # -- failure handling ---------------------------------------------------------------------------------------
-    def _wait(self, work: Any, call: CallInfo, timeout: float | None = None) -> None:
+    def _wait(self, work: Any, call: CallInfo, bound: float) -> None:
         # A plain bounded wait: nothing per call but two attribute writes. Presence for the error message is posted
         # by the watchdog thread, only for calls still waiting after presence_after seconds.
-        limit = self.timeout if timeout is None else timeout
         self._ensure_watchdog()
-        self._in_flight = (self._sequence, time.monotonic())
+        self._in_flight = (self.state.sequence, time.monotonic())
         try:
-            work.wait(timeout=timedelta(seconds=limit))
+            work.wait(timeout=timedelta(seconds=bound))
         except RuntimeError as exc:
             timed_out = "timed out" in str(exc).lower()
-            self._fail(CollectiveTimeoutError if timed_out else CollectiveError,
-                       f"timed out after {limit:g} s" if timed_out else f"failed ({exc})", call)
+            self._fail(timed_out, f"timed out after {self.timeout:g} s" if timed_out else f"failed ({exc})", call)
         finally:
             self._in_flight = None
 
@@ -271,15 +352,8 @@ class Collectives:
                 self._post_presence(sequence)
                 posted = sequence
 
-    def _guard(self, fn: Any, call: CallInfo) -> None:
-        self._sequence += 1
-        try:
-            fn()
-        except RuntimeError as exc:
-            self._fail(CollectiveError, f"failed ({exc})", call)
-
     def _presence_key(self, sequence: int | None = None) -> str:
-        return f"{self.namespace}/present/{self._sequence if sequence is None else sequence}"
+        return f"{self.namespace}/present/{self.state.sequence if sequence is None else sequence}"
 
     def _post_presence(self, sequence: int | None = None) -> None:
         try:
@@ -312,14 +386,19 @@ class Collectives:
         reader.join(grace + 2.0)  # bounded: the store itself may hang if its host died
         return result[0]
 
-    def _fail(self, kind: type[CollectiveError], what: str, call: CallInfo) -> None:
-        absent = self._absent_ranks(grace=min(5.0, max(1.0, self.timeout / 10)))
+    def _fail(self, timed_out: bool, what: str, call: CallInfo) -> None:
+        # a rank that failed early (a peer's socket closed) waits for the others to post, which they do after
+        # presence_after seconds of waiting
+        absent = self._absent_ranks(grace=self.presence_after + min(5.0, max(1.0, self.timeout / 10)))
         if absent:
             who = f"ranks {absent} did not reach it"
         elif absent == []:
             who = "every rank reached it, but not in time: a peer gave up first or its connection failed"
         else:
             who = "the missing ranks could not be read from the store"
+        # a peer that died closes its sockets: its neighbours fail at once, the others at the timeout; naming the
+        # same absent ranks, every rank raises the same class
+        kind = CollectiveTimeoutError if timed_out or absent else CollectiveError
         error = kind(
             f"{call} on rank {self.rank}: logging collective {what}; {who}. "
             "Logging collectives are off from here on; training is not affected.",
@@ -328,6 +407,7 @@ class Collectives:
         )
         self.failure = error
         raise error
+
     def _check_in_step(self, headers: np.ndarray, call: CallInfo) -> None:
         error = out_of_step(headers, call, self.rank)
         if error is not None:

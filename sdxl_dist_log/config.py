@@ -110,6 +110,12 @@ class WandbConfig:
     """Seconds a logging collective waits for every rank before raising ``CollectiveTimeoutError``."""
     strict_keys: bool = False
     """Raise on every rank when ranks pass different metric keys, instead of logging their union."""
+    straggler_threshold: float = 1.5
+    """A rank counts as a straggler in a section (``WandbLogger.section``) when its time is at least this many times
+    the median rank's (> 1)."""
+    straggler_patience: int = 3
+    """Logging calls in a row the same rank must be the slowest of a section, above ``straggler_threshold``, before a
+    warning names it with its host and GPU (>= 1)."""
     async_metrics: bool = False
     """Run logging collectives on a background thread; the training thread never waits for them."""
     init_timeout: float = 60.0
@@ -145,6 +151,10 @@ class WandbConfig:
         for name in ("collective_timeout", "init_timeout", "finish_timeout", "flush_interval"):
             _check_number(owner, name, getattr(self, name), minimum=0, inclusive=False)
         _check_number(owner, "primary_rank", self.primary_rank, minimum=0)
+        _check_number(owner, "straggler_threshold", self.straggler_threshold, minimum=1, inclusive=False)
+        if isinstance(self.straggler_patience, bool) or not isinstance(self.straggler_patience, int):
+            raise ConfigError(f"{owner}.straggler_patience={self.straggler_patience!r} must be an integer")
+        _check_number(owner, "straggler_patience", self.straggler_patience, minimum=1)
         low, high = self.image_value_range
         if not low < high:
             raise ConfigError(f"{owner}.image_value_range={self.image_value_range!r} must be (low, high) with low < high")
@@ -199,6 +209,9 @@ class LogConfig:
     """Show a progress bar (primary rank only)."""
     primary_rank: int = 0
     """The rank that prints INFO and shows the progress bar."""
+    progress_interval: float = 30.0
+    """Seconds between progress lines when stderr is not a terminal (a log file, a SLURM ``.out``): there the bar
+    gives way to one plain line per interval, so no line holds carriage-return redraws."""
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
@@ -208,6 +221,7 @@ class LogConfig:
         if not self.name:
             raise ConfigError(f"{owner}.name must be a non-empty string")
         _check_number(owner, "primary_rank", self.primary_rank, minimum=0)
+        _check_number(owner, "progress_interval", self.progress_interval, minimum=0)
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> LogConfig:

@@ -17,6 +17,8 @@ from sdxl_dist_log.config import LogConfig, WandbConfig
 from sdxl_dist_log.ranks import Launch
 
 _DEMO_TIMEOUT_S = 30 * 60  # a demo of thousands of steps still ends; a wedged rank does not hang the terminal
+RUN_ID_FILE = "run_id"
+"""The file under the demo's out dir that holds the W&B run id it logs into; ``resume`` continues that run."""
 
 
 def train(
@@ -35,9 +37,9 @@ def train(
 ) -> str | None:
     """Train a tiny model on random data, logging metrics, images, checkpoints and config from every rank.
 
-    Initializes torch.distributed from the environment when WORLD_SIZE > 1 and it is not initialized yet. With
-    ``resume``, a restarted job (a SLURM requeue, say) continues from the last checkpoint under ``out_dir``, and,
-    since the run id derives from the SLURM job, logs into the same W&B run.
+    Initializes torch.distributed from the environment when WORLD_SIZE > 1 and it is not initialized yet. The run id
+    is written to ``out_dir/run_id``. With ``resume``, a restarted job (a SLURM requeue, or the same command run
+    again) continues from the last checkpoint under ``out_dir`` and logs into the run of that file.
 
     ``fake_nvml`` (e.g. ``"gpus=2,offset=5"``) samples a simulated NVML instead of the real one, to see GPU figures
     on a machine without GPUs (see ``sdxl_dist_log.testing.fake_nvml.parse_fake_nvml_spec``).
@@ -61,23 +63,26 @@ def train(
         owns_group = True
     rank = dist.get_rank() if dist.is_initialized() else 0
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-    torch.manual_seed(1234 + rank)
+    torch.manual_seed(1234)  # the same initial weights on every rank
     model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 1)).to(device)
-    if dist.is_initialized():  # data parallel: the ranks train one model, each on its own random batches
-        model = torch.nn.parallel.DistributedDataParallel(model)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
-    hyper = {"model": {"layers": [16, 32, 1]}, "optim": {"name": "sgd", "lr": 0.05}, "steps": steps}
+    torch.manual_seed(1234 + rank)  # each rank its own random batches
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    lr = 0.05
+    hyper = {"model": {"layers": [16, 32, 1]}, "optim": {"name": "sgd", "lr": lr}, "steps": steps}
     checkpoints = Path(out_dir) / "checkpoints"
     start = 0
     pointer = checkpoints / "last"
+    run_id_file = Path(out_dir) / RUN_ID_FILE
+    run_id = None
     if resume and pointer.exists():
         state = torch.load(checkpoints / pointer.read_text().strip(), map_location=device)
-        _unwrapped(model).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        model.load_state_dict(state["model"])
         start = int(state["step"])
+    if resume and run_id_file.exists():  # the run this out dir logged into: continue it (SLURM or not)
+        run_id = run_id_file.read_text().strip() or None
     run_dir: str | None = None
     wandb_config = WandbConfig(
-        project=project, mode=mode, dir=out_dir, config=hyper, tags=["demo"],
+        project=project, mode=mode, dir=out_dir, config=hyper, tags=["demo"], run_id=run_id,
         max_images_to_log=8, system_metrics_interval=system_metrics_interval, async_metrics=async_metrics,
         metric_reduce={"samples": "sum", "loss_max": "max", "loss_min": "min"},
     )
@@ -89,6 +94,9 @@ def train(
     try:
         with UnifiedLogger(LogConfig(name="demo", log_dir=os.path.join(out_dir, "logs"))) as log, \
                 WandbLogger(wandb_config, logger=log, nvml=nvml) as wb:
+            if wb.is_primary:
+                run_id_file.parent.mkdir(parents=True, exist_ok=True)
+                run_id_file.write_text(wb.identity.run_id + "\n")
             wb.log_config({"data": {"kind": "random", "batch": 32}})
             log.info("training steps %d..%d on %s%s", start, steps - 1, device,
                      f" (resumed from {pointer.read_text().strip()})" if start else "")
@@ -98,13 +106,22 @@ def train(
                 x = torch.randn(32, 16, device=device)
                 y = x.sum(dim=1, keepdim=True) * 0.1
                 loss = torch.nn.functional.mse_loss(model(x), y)
-                optimizer.zero_grad()
+                model.zero_grad()
                 loss.backward()
-                optimizer.step()
+                # Data parallel, written out: the gradients averaged over the ranks, then a plain SGD step. (What
+                # DDP and torch.optim do; but building either imports torch._dynamo, ~2 s of CPU a rank, and this
+                # demo should start in seconds.)
+                with torch.no_grad():
+                    for parameter in model.parameters():
+                        if world > 1:
+                            dist.all_reduce(parameter.grad)
+                            parameter.grad /= world
+                        parameter -= lr * parameter.grad
                 detached = loss.detach()
                 wb.log_metrics({"loss": detached, "loss_max": detached, "loss_min": detached, "samples": 32,
-                                "lr": optimizer.param_groups[0]["lr"]}, step=step)
-                log.log_metrics({"loss": float(detached)}, step=step)
+                                "lr": lr}, step=step)
+                log.log_metrics({"loss": detached, "samples": 32}, step=step)
+                log.set_postfix(step_loss=detached, lr=lr)
                 if image_every and step % image_every == 0:
                     samples = torch.rand(2, 3, 32, 32, device=device) * 2 - 1  # like a diffusion output in [-1, 1]
                     wb.log_images(samples, captions=[f"step {step} sample {i}" for i in range(2)], step=step,
@@ -113,8 +130,7 @@ def train(
                     path = checkpoints / f"step_{step + 1}.pt"
                     if rank == 0:
                         checkpoints.mkdir(parents=True, exist_ok=True)
-                        state = {"model": _unwrapped(model).state_dict(), "optimizer": optimizer.state_dict(),
-                                 "step": step + 1}
+                        state = {"model": model.state_dict(), "step": step + 1}
                         torch.save(state, f"{path}.tmp")
                         os.replace(f"{path}.tmp", path)  # a kill mid-save never leaves a torn checkpoint
                         pointer.with_suffix(".tmp").write_text(path.name)
@@ -128,10 +144,6 @@ def train(
         if owns_group:
             dist.destroy_process_group()
     return run_dir
-
-
-def _unwrapped(model: Any) -> Any:
-    return getattr(model, "module", model)
 
 
 def check_fake_nvml_spec(spec: str) -> None:
@@ -188,5 +200,22 @@ def run(nproc: int = 2, **train_options: Any) -> int:
 
     print(f"\nW&B offline run: {run_dir}")
     print(f"sync it later with: wandb sync {run_dir}\n")
-    print(format_run(read_run(run_dir)))
+    run = read_run(run_dir)
+    print(format_run(run))
+    print(f"\n{_write_report(Path(run_dir), run.run_id)}")
     return 0
+
+
+def _write_report(run_dir: Path, run_id: str) -> str:
+    """Write the run's HTML report beside its directory, every attempt of the run id included; the line to print."""
+    try:
+        import plotly  # noqa: F401  (only to say how to get the report when it is missing)
+    except ModuleNotFoundError:
+        return "report: skipped; pip install 'sdxl-dist-log[report]' to get an HTML report of the run"
+    from sdxl_dist_log.offline import find_run_dirs
+    from sdxl_dist_log.report import write_report
+
+    attempts = [d for d in find_run_dirs(run_dir.parent) if d.name.endswith(f"-{run_id}")]  # a --resume adds one
+    path = write_report(attempts or [run_dir], run_dir.parent / f"report-{run_id}.html")
+    return f"report: {path} (open it in a browser; it needs no network)"
+

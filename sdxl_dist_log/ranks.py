@@ -191,6 +191,7 @@ class Launch:
         run_id: ``SDXL_DIST_LOG_RUN_ID``: a run id chosen outside the training script.
         group: ``SDXL_DIST_LOG_GROUP``: a W&B group chosen outside the training script.
         job_type: ``SDXL_DIST_LOG_JOB_TYPE``: a W&B job type chosen outside the training script.
+        gloo_socket_ifname: ``GLOO_SOCKET_IFNAME``: the network interfaces gloo should use (comma-separated).
     """
 
     rank: RankInfo = field(default_factory=RankInfo)
@@ -201,6 +202,7 @@ class Launch:
     run_id: str | None = None
     group: str | None = None
     job_type: str | None = None
+    gloo_socket_ifname: str | None = None
 
     @property
     def job_id(self) -> str | None:
@@ -228,4 +230,5 @@ class Launch:
             run_id=_text(env, "SDXL_DIST_LOG_RUN_ID"),
             group=_text(env, "SDXL_DIST_LOG_GROUP"),
             job_type=_text(env, "SDXL_DIST_LOG_JOB_TYPE"),
+            gloo_socket_ifname=_text(env, "GLOO_SOCKET_IFNAME"),
         )

@@ -13,7 +13,8 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import Any
 
@@ -23,6 +24,7 @@ from sdxl_dist_log import checkpoints
 from sdxl_dist_log.backends.base import Backend, NullBackend
 from sdxl_dist_log.collectives import Collectives
 from sdxl_dist_log.config import WandbConfig
+from sdxl_dist_log.construction import announce, resolve_config, start_line, without_process_group
 from sdxl_dist_log.dispatch import Dispatcher
 from sdxl_dist_log.errors import ConfigError, ImageInputError, MetricValueError
 from sdxl_dist_log.framing import CallInfo, checked_step
@@ -33,6 +35,7 @@ from sdxl_dist_log.preemption import CLOSE_ON_SIGNAL_S, DEFAULT_SIGNALS, SignalC
 from sdxl_dist_log.ranks import Launch, RankInfo
 from sdxl_dist_log.reduction import MetricReducer, PreparedMetrics
 from sdxl_dist_log.runconfig import deep_merge, redact_secrets
+from sdxl_dist_log.straggler import StragglerView
 
 _log = logging.getLogger("sdxl_dist_log")
 
@@ -45,15 +48,17 @@ class WandbLogger:
     every rank or on the primary only; only the primary uploads.
 
     Args:
-        config: a ``WandbConfig``, or a mapping of its fields (unknown keys are an error).
+        config: a ``WandbConfig`` or a mapping of its fields; or the fields as keywords (``**fields``: rules in
+            ``construction.resolve_config``). Unknown fields are an error.
         logger: a ``UnifiedLogger`` (or a ``logging.Logger``) that receives this logger's messages.
         rank_info: where this process sits; read from ``env`` when None.
         env: the environment to read the launch from (rank, job ids, ``SDXL_DIST_LOG_*`` overrides); ``os.environ``
             when None. It is read once, here.
         nvml: an NVML module (or a test double with its API) to sample GPUs with; ``pynvml`` when None.
+        clock: seconds, monotonic, for ``section`` timings; ``time.perf_counter`` when None.
 
     Example:
-        >>> with WandbLogger(WandbConfig(project="sdxl", mode="offline")) as wb:  # doctest: +SKIP
+        >>> with WandbLogger(project="sdxl", mode="offline") as wb:  # doctest: +SKIP
         ...     wb.log_metrics({"loss": loss}, step=step)
     """
 
@@ -65,23 +70,22 @@ class WandbLogger:
         rank_info: RankInfo | None = None,
         env: Mapping[str, str] | None = None,
         nvml: Any | None = None,
+        clock: Callable[[], float] | None = None,
+        **fields: Any,
     ) -> None:
-        self.config = config if isinstance(config, WandbConfig) else WandbConfig.from_dict(config or {})
+        self.config = resolve_config(config, fields)
         self._log = logger if isinstance(logger, logging.Logger) else getattr(logger, "logger", None) or _log
         launch = Launch.from_env(os.environ if env is None else env)  # the one read of the environment
         if rank_info is not None:
             launch = dataclasses.replace(launch, rank=rank_info)
         cfg, rank = self.config, launch.rank
-        self._collectives = Collectives.create(rank=rank.rank, world_size=rank.world_size,
-                                               timeout=cfg.collective_timeout)
+        self._collectives = Collectives.create(rank=rank.rank, world_size=rank.world_size, launch=launch,
+                                               timeout=cfg.collective_timeout, primary=cfg.primary_rank)
         if self._collectives.active:
             rank = rank.with_process_group(self._collectives.rank, self._collectives.world_size)
             launch = dataclasses.replace(launch, rank=rank)
         elif rank.world_size > 1:
-            self._warn(
-                f"WORLD_SIZE={rank.world_size} but torch.distributed is not initialized: metrics are not reduced "
-                f"across ranks; only rank {cfg.primary_rank} logs (its own values) to the run"
-            )
+            self._warn(without_process_group(rank.world_size, cfg.primary_rank))
         if cfg.primary_rank >= rank.world_size:
             raise ConfigError(f"WandbConfig.primary_rank={cfg.primary_rank} is not a rank of this launch "
                               f"(world size {rank.world_size})")
@@ -99,6 +103,8 @@ class WandbLogger:
         self._metrics = MetricReducer(
             self._collectives, metric_reduce=cfg.metric_reduce, primary_rank=cfg.primary_rank,
             strict_keys=cfg.strict_keys, warn=lambda message, key: self.is_primary and self._warn(message, key))
+        self._stragglers = StragglerView.start(self._collectives, rank, cfg, primary=self.is_primary, clock=clock,
+                                               warn=self._warn, merge_config=self._merge_run_config)
         self._dispatcher = Dispatcher(threaded=cfg.async_metrics)
         self._system = self._start_system_metrics()
         self._signals = SignalChain(self._close_on_signal, self._log)
@@ -125,8 +131,7 @@ class WandbLogger:
         )
         identity = RunIdentity.from_json(shared) if shared is not None else RunIdentity("local", "local", None, None)
         if self.is_primary:
-            self._info(f"W&B run {identity.run_id} ({identity.mode}) group={identity.group} "
-                       f"job_type={identity.job_type} dir={identity.run_dir}")
+            announce(self._log, start_line(identity, getattr(self._backend.run, "url", None)))
         return identity
 
     def _start_system_metrics(self) -> Any:
@@ -169,7 +174,8 @@ class WandbLogger:
             MetricKeyMismatchError: with ``strict_keys``, ranks passed different keys (raised on every rank).
             CollectiveError: ranks did not all reach the call within ``collective_timeout`` (named).
         """
-        prepared = self._metrics.prepare(metrics, reduce, non_blocking=self._dispatcher.threaded)
+        sections = self._stragglers.take()
+        prepared = self._metrics.prepare(metrics, reduce, non_blocking=self._dispatcher.threaded, sections=sections)
         try:  # a bad step, like a bad value, must still reach the collective (as an error flag)
             step = checked_step(step, MetricValueError)
         except MetricValueError as exc:
@@ -186,10 +192,15 @@ class WandbLogger:
         return result[0] if result else None
 
     def _reduce_and_log(self, prepared: PreparedMetrics, call: CallInfo, prefix: str, commit: bool) -> dict[str, float]:
-        logged = apply_prefix(self._metrics.reduce(prepared, call), prefix)
+        reduced = self._metrics.reduce(prepared, call)
+        logged = apply_prefix(reduced.values, prefix)
         self._warn_if_degraded(call)
-        self._write_row(logged, call.step, commit)
+        self._write_row(self._stragglers.row(logged, prepared.sections, reduced.section_times), call.step, commit)
         return logged
+
+    def section(self, name: str) -> AbstractContextManager[None]:
+        """``with wb.section("data"):`` times a part of the step for the straggler view (``StragglerView.section``)."""
+        return self._stragglers.section(name)
 
     # -- images -------------------------------------------------------------------------------------------------
     def log_images(
@@ -244,28 +255,17 @@ class WandbLogger:
     def _gather_and_log_images(
         self, arrays: list[np.ndarray], captions: list[str | None], error: Exception | None, key: str, call: CallInfo
     ) -> int:
-        cap = self.config.max_images_to_log
-        encoded = transport.encode_captions(captions)
-        offer = transport.pack_offer(arrays, encoded, cap, failed=error is not None)
-        plan = transport.plan_gather(self._collectives.all_gather_rows(offer, call), cap)
-        if plan.failed_ranks:
-            own = f": {error}" if error is not None else ""
-            raise ImageInputError(f"{call}: ranks {plan.failed_ranks} passed invalid images or captions{own}; "
-                                  "nothing was logged")
-        if sum(plan.offered) > cap and self.is_primary:
-            self._warn(f"{call}: {sum(plan.offered)} images offered, logging {cap} (max_images_to_log); "
-                       f"per rank {plan.shares}", once_key="image-cap")
-        mine = plan.shares[self.rank_info.rank if self._collectives.active else 0]
-        payload = transport.pack_payload(arrays, encoded, mine)
-        buffers = self._collectives.gather_bytes(payload, plan.sizes, dst=self.config.primary_rank, call=call)
+        cap, collectives = self.config.max_images_to_log, self._collectives
+        gathered = collectives.run(transport.gather_steps(collectives, arrays, captions, cap, call, error), call)
         if not self.is_primary:
-            return mine
-        images, names = transport.unpack_payloads(plan, buffers, label_ranks=len(plan.shares) > 1)
+            return gathered.sent
+        if gathered.over_cap(cap, call):
+            self._warn(gathered.over_cap(cap, call), once_key="image-cap")
         self._warn_if_degraded(call)
-        if images:
+        if gathered.images:
             with self._lock:
-                self._backend.log_images(key, images, names, self._at_step(call.step))
-        return len(images)
+                self._backend.log_images(key, gathered.images, gathered.captions, self._at_step(call.step))
+        return len(gathered.images)
 
     # -- checkpoints and config ---------------------------------------------------------------------------------
     def log_model(
@@ -290,19 +290,19 @@ class WandbLogger:
             True if this rank uploaded it (False on other ranks, when disabled, or when the run has failed).
 
         Raises:
-            FileNotFoundError: ``path`` does not exist (checked on the primary before anything is uploaded).
+            FileNotFoundError: ``path`` does not exist (checked on the primary in every mode, before any upload).
         """
         self._dispatcher.raise_pending()
         cfg = self.config
         aliases = list(aliases or [])
-        if not self.is_primary or self.identity.mode == "disabled" or not checkpoints.wanted(cfg, aliases):
+        source = checkpoints.existing_source(path) if self.is_primary else None  # bad input fails in every mode
+        if source is None or self.identity.mode == "disabled" or not checkpoints.wanted(cfg, aliases):
             return False
-        source = checkpoints.existing_source(path)
         artifact = checkpoints.artifact_name(name or cfg.checkpoint_prefix)
         details = {"source_path": os.path.abspath(source), "step": self._last_step, **dict(metadata or {})}
         uploaded = self._backend.log_artifact(source, name=artifact, type=type, aliases=aliases, metadata=details)
         if uploaded:
-            self._info(f"checkpoint {source} -> artifact {artifact} aliases={aliases}")
+            self._log.info(f"checkpoint {source} -> artifact {artifact} aliases={aliases}")
         return uploaded
 
     def log_config(self, values: Mapping[str, Any]) -> dict[str, Any]:
@@ -316,9 +316,7 @@ class WandbLogger:
             raise TypeError(f"log_config takes a mapping, got {type(values).__name__}")
         if not self.is_primary:
             return {}
-        clean = redact_secrets(values)
-        self._run_config = deep_merge(self._run_config, clean)
-        self._backend.update_config({k: self._run_config[k] for k in clean})
+        self._merge_run_config(redact_secrets(values))
         return dict(self._run_config)
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
@@ -377,6 +375,8 @@ class WandbLogger:
     def run_dir(self) -> str | None:
         return self.identity.run_dir
 
+    run = property(lambda self: self._backend.run, doc="The primary's wandb run, an escape hatch (see quickstart).")
+
     def _write_row(self, values: Mapping[str, Any], step: int | None, commit: bool) -> None:
         with self._lock:
             self._backend.log_row(values, self._at_step(step), commit)
@@ -398,8 +398,12 @@ class WandbLogger:
         known = self._run_config.get("sdxl_dist_log", {}).get("hostnames", {})
         named = {f"node{n}": host for n, host in sorted(hosts.items())}
         if named and named != known:
-            self._run_config = deep_merge(self._run_config, {"sdxl_dist_log": {"hostnames": named}})
-            self._backend.update_config({"sdxl_dist_log": self._run_config["sdxl_dist_log"]})
+            self._merge_run_config({"sdxl_dist_log": {"hostnames": named}})
+
+    def _merge_run_config(self, values: Mapping[str, Any]) -> None:
+        with self._lock:  # merged into the run config; the primary's run gets the top-level sections they touch
+            self._run_config = deep_merge(self._run_config, values)
+            self._backend.update_config({key: self._run_config[key] for key in values})
 
     def _warn_if_degraded(self, call: CallInfo) -> None:
         failure = self._collectives.failure
@@ -413,9 +417,6 @@ class WandbLogger:
                 return
             self._warned.add(once_key)
         self._log.warning(message)
-
-    def _info(self, message: str) -> None:
-        self._log.info(message)
 
 
 __all__ = ["WandbLogger"]

@@ -65,6 +65,11 @@ def script(tmp_path: Path) -> str:
         (["inspect", "{tmp}/nowhere"], "nowhere"),
         (["inspect"], "Missing argument 'RUN_DIR...'"),
         (["demo", "--nproc", "0"], "'--nproc': 0 is not in the range x>=1"),
+        (["demo", "--steps", "0"], "'--steps': 0 is not in the range x>=1"),
+        (["demo", "--step-time", "-1"], "'--step-time'"),
+        (["demo", "--system-metrics-interval", "0"], "'--system-metrics-interval'"),
+        (["demo", "--out-dir", "{script}"], "'--out-dir': Directory"),
+        (["demo", "--fake-nvml", "gpus=x"], "'--fake-nvml'"),
         (["demo", "--mode", "sometimes"], "'--mode'"),
         (["submit"], "Missing argument 'SCRIPT'"),
         (["submit", "--nodes", "2"], "Missing argument 'SCRIPT'"),
@@ -183,3 +188,74 @@ def test_inspect_bad_path_exits_2_with_a_message(tmp_path: Path) -> None:
     done = subprocess.run([*_cli(), "inspect", str(empty)], capture_output=True, text=True,
                           timeout=SUBPROCESS_TIMEOUT_S)
     assert done.returncode == 2 and "no run directories" in done.stderr
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# report (a real run's report: tests/report/test_build.py)
+# ------------------------------------------------------------------------------------------------------------------
+def test_report_help_shows_every_default(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Usage: sdxl-dist-log report [OPTIONS] RUN_DIR...")
+    ctx = click.Context(cli.report_command, info_name="report", show_default=True)
+    for param in cli.report_command.params:
+        if isinstance(param, click.Option) and param.name != "help":
+            assert "[default: " in param.get_help_record(ctx)[1], param.opts[0]
+
+
+def test_report_defaults_match_report_options() -> None:
+    from sdxl_dist_log.report import ReportOptions
+
+    params = cli.report_command.make_context("report", ["x"]).params
+    defaults = ReportOptions()
+    assert (params["max_points"], params["max_columns"], params["max_image_steps"]) == (
+        defaults.max_points, defaults.max_columns, defaults.max_image_steps)
+    assert params["output"] == "report.html"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["report"], "Missing argument 'RUN_DIR...'"),
+        (["report", "nowhere"], "no such run file or directory: nowhere"),
+        (["report", "."], "holds no run directories"),
+        (["report", ".", "--max-points", "1"], "'--max-points': 1 is not in the range x>=2"),
+    ],
+)
+def test_report_user_errors_are_one_line(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sdxl-dist-log report: error: ") and message in err and len(err.strip().splitlines()) == 1
+    assert not Path("report.html").exists()
+
+
+@pytest.mark.timeout(300)
+def test_inspect_is_quiet_when_the_reader_goes_away(run_dir: str) -> None:
+    """``inspect RUN | head``: the reader closes the pipe early; no BrokenPipeError traceback, nothing on stderr,
+    and click's exit status for it (1)."""
+    proc = subprocess.Popen([*_cli(), "inspect", *[run_dir] * 200], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.read(10)
+    proc.stdout.close()  # what head does after its lines
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=SUBPROCESS_TIMEOUT_S) == 1
+    assert err == ""
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# demo --resume outside SLURM: the same run id, from the out dir
+# ------------------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_demo_resume_continues_the_same_run_without_slurm(tmp_path: Path) -> None:
+    from sdxl_dist_log.offline import find_run_dirs, read_run
+
+    out = tmp_path / "demo"
+    common = ["--nproc", "2", "--out-dir", str(out), "--step-time", "0", "--system-metrics-interval", "5"]
+    for extra in (["--steps", "10"], ["--steps", "12", "--resume"]):
+        done = subprocess.run([*_cli(), "demo", *common, *extra], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+    runs = [read_run(path) for path in find_run_dirs(out)]
+    assert len(runs) == 2
+    assert runs[0].run_id == runs[1].run_id == (out / "run_id").read_text().strip()
+    steps = [sorted({row[run.step_metric] for row in run.rows_with("metrics/loss")}) for run in runs]
+    assert sorted(steps) == [list(range(10)), [10, 11]]  # the second part picks up at the checkpoint

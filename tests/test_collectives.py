@@ -38,24 +38,26 @@ def test_create_without_process_group_is_inactive(local: Collectives) -> None:
     assert local.failure is None
 
 
-def test_all_gather_rows_identity(local: Collectives) -> None:
-    row = np.array([1.0, 2.0, float("nan")])
-    out = local.all_gather_rows(row, CallInfo("log_metrics", 1))
-    assert out.shape == (1, 3)
-    np.testing.assert_array_equal(out[0], row)
-    out[0, 0] = 99.0
-    assert row[0] == 1.0  # a copy, not a view
+def test_a_call_without_a_process_group_reduces_this_rank_alone(local: Collectives) -> None:
+    from sdxl_dist_log.metric_stage import V_CODE, VALID, MetricStage
+    from sdxl_dist_log.metrics import MetricPlan, pack_row, resolve_reduce
+
+    keys = ("a", "b", "c")
+    plan = MetricPlan(keys, resolve_reduce(keys, {"a": "sum", "b": "per_rank", "c": "local"}))
+    stage = MetricStage(plan, 1)
+    outcome = local.reduce_call(pack_row(plan, np.array([1.0, 2.0, float("nan")])), CallInfo("log_metrics", 1), stage)
+    assert outcome.stage[V_CODE] == VALID
+    values = stage.values(outcome.stage, outcome.block[:, :1])
+    assert values["a"] == 1.0 and values["b/rank0"] == 2.0 and np.isnan(values["c"])
 
 
-def test_all_gather_object_identity(local: Collectives) -> None:
+def test_rare_paths_are_the_identity(local: Collectives) -> None:
+    from sdxl_dist_log.hierarchy import bytes_to_primary, decided_at_primary
+
     obj = {"a": [1, 2]}
-    assert local.all_gather_object(obj, CallInfo("log_metrics")) == [obj]
-
-
-def test_gather_bytes_identity(local: Collectives) -> None:
+    assert local.run(decided_at_primary(local.topology, obj, lambda everyone: everyone), CallInfo("x")) == [obj]
     payload = np.frombuffer(b"hello", dtype=np.uint8)
-    out = local.gather_bytes(payload, [5], dst=0, call=CallInfo("log_images", 2))
-    assert len(out) == 1
+    out = local.run(bytes_to_primary(local.topology, {0: 5}, payload), CallInfo("log_images", 2))
     assert out[0].tobytes() == b"hello"
 
 
@@ -65,15 +67,15 @@ def test_broadcast_json_identity(local: Collectives, obj) -> None:
 
 
 def test_identity_path_makes_no_collective(local: Collectives) -> None:
+    from sdxl_dist_log.hierarchy import decided_at_primary
+    from sdxl_dist_log.images.transport import ImageStage, pack_offer
     from sdxl_dist_log.testing.probe import CollectiveProbe
 
     with CollectiveProbe() as probe:
-        local.all_gather_rows(np.zeros(2), CallInfo("log_metrics"))
-        local.all_gather_object(1, CallInfo("log_metrics"))
-        local.gather_bytes(np.zeros(0, np.uint8), [0], 0, CallInfo("log_images"))
+        local.reduce_call(pack_offer([], [], 4, failed=False), CallInfo("log_images"), ImageStage(4))
+        local.run(decided_at_primary(local.topology, 1, len), CallInfo("log_metrics"))
         local.broadcast_json({}, 0, CallInfo("init"))
     assert probe.calls == [] and sum(probe.api.values()) == 0
-    assert local._sequence == 0
 
 
 def test_constructor_defaults() -> None:

@@ -2,8 +2,9 @@
 collective, and reduces the gathered rows of every rank, in one process.
 
 ``prepare`` must never raise: a rank that raised before the collective would leave the others waiting until the
-timeout. The other ranks are stood in for by ``_Peers``, which answers the collective with rows given by the test;
-the real collectives are tested in tests/test_collectives.py, the pure packing in tests/test_metrics.py.
+timeout. The other ranks are real MetricReducers whose collectives run in the in-process simulator
+(``sdxl_dist_log.testing.simulate``); the real collectives are tested in tests/test_collectives.py, the pure packing
+in tests/test_metrics.py.
 """
 
 from __future__ import annotations
@@ -18,30 +19,12 @@ import torch
 from sdxl_dist_log.collectives import Collectives
 from sdxl_dist_log.errors import MetricKeyMismatchError, MetricValueError
 from sdxl_dist_log.framing import CallInfo
-from sdxl_dist_log.metrics import ERROR_FLAG, MetricPlan, Reduce, pack_row
+from sdxl_dist_log.metrics import ERROR_FLAG, Reduce, pack_row
 from sdxl_dist_log.reduction import _PLAN_CACHE_SIZE, MetricReducer, PreparedMetrics
+from sdxl_dist_log.testing.simulate import SimulatedJob
+from sdxl_dist_log.topology import Layout
 
 CALL = CallInfo("log_metrics", 3)
-
-
-class _Peers:
-    """A Collectives stand-in for rank 0 of a larger group: its row, then the other ranks' rows (NaN-padded)."""
-
-    def __init__(self, rows: list[np.ndarray], entries: list[list[tuple[str, str, float]]] | None = None) -> None:
-        self.rows = rows
-        self.entries = entries or []
-        self.objects_gathered = 0
-
-    def all_gather_rows(self, row: np.ndarray, call: CallInfo) -> np.ndarray:
-        rows = [row, *self.rows]
-        out = np.full((len(rows), max(len(r) for r in rows)), np.nan)
-        for i, r in enumerate(rows):
-            out[i, : len(r)] = r
-        return out
-
-    def all_gather_object(self, obj: Any, call: CallInfo) -> list[Any]:
-        self.objects_gathered += 1
-        return [obj, *self.entries]
 
 
 def _reducer(collectives: Any = None, warned: list[str] | None = None, **options: Any) -> MetricReducer:
@@ -53,10 +36,18 @@ def _reducer(collectives: Any = None, warned: list[str] | None = None, **options
     return MetricReducer(collectives or local, warn=lambda message, key: sink.append(message), **options)
 
 
-def _row(metrics: Mapping[str, float], reduce: Any = None) -> np.ndarray:
-    """The row another rank sends for ``metrics``."""
-    prepared = _reducer().prepare(metrics, reduce, non_blocking=False)
-    return pack_row(prepared.plan, prepared.values())
+def _job(metrics: list[Mapping[str, Any]], reduce: Any = None, warned: list[str] | None = None,
+         strict_keys: bool = False) -> tuple[dict[int, Any], SimulatedJob]:
+    """One call of ranks 0..n-1 (one node) passing ``metrics[r]``, each through its own MetricReducer; the ranks'
+    collectives run in the in-process simulator (the same steps as over gloo)."""
+    job = SimulatedJob(Layout.regular(len(metrics), len(metrics)))
+    sink = warned if warned is not None else []
+    reducers = [MetricReducer(job.rank(r), metric_reduce={}, primary_rank=0, strict_keys=strict_keys,
+                              warn=lambda message, key, r=r: r == 0 and sink.append(message))
+                for r in range(len(metrics))]
+    steps = {r: reducers[r].steps(reducers[r].prepare(m, reduce, non_blocking=False), CALL)
+             for r, m in enumerate(metrics)}
+    return job.run(steps), job
 
 
 # -- prepare: input errors become a flagged row -----------------------------------------------------------------------
@@ -151,7 +142,7 @@ def test_one_process_reduces_to_its_own_values() -> None:
     """Without a process group, every op gives this rank's value (per_rank as rank 0's)."""
     reducer = _reducer()
     prepared = reducer.prepare({"m": 2.0, "s": 3.0, "p": 4.0}, {"s": "sum", "p": "per_rank"}, non_blocking=False)
-    assert reducer.reduce(prepared, CALL) == {"m": 2.0, "s": 3.0, "p/rank0": 4.0}
+    assert reducer.reduce(prepared, CALL).values == {"m": 2.0, "s": 3.0, "p/rank0": 4.0}
 
 
 def test_own_bad_input_raises_after_the_collective() -> None:
@@ -163,39 +154,32 @@ def test_own_bad_input_raises_after_the_collective() -> None:
 
 
 def test_same_keys_on_every_rank_reduce_in_one_collective() -> None:
-    """With the same keys everywhere the rows reduce positionally; the object gather is never used."""
-    peers = _Peers([_row({"loss": 3.0, "tok": 5.0}, {"tok": "sum"}), _row({"loss": 5.0, "tok": 7.0}, {"tok": "sum"})])
-    reducer = _reducer(peers)
-    prepared = reducer.prepare({"loss": 1.0, "tok": 3.0}, {"tok": "sum"}, non_blocking=False)
-    assert reducer.reduce(prepared, CALL) == {"loss": 3.0, "tok": 15.0}
-    assert peers.objects_gathered == 0
+    """With the same keys everywhere the rows reduce positionally in one all_gather; no object gather."""
+    results, job = _job([{"loss": 1.0, "tok": 3.0}, {"loss": 3.0, "tok": 5.0}, {"loss": 5.0, "tok": 7.0}],
+                        {"tok": "sum"})
+    assert all(r.values == {"loss": 3.0, "tok": 15.0} for r in results.values())
+    assert job.records[0].pattern() == [("all_gather", "node", 3)]
 
 
 def test_another_rank_s_bad_input_raises_here_naming_that_rank() -> None:
     """A peer's flagged row fails the call on this rank too, naming the peer, though this rank's input was good."""
-    plan = MetricPlan(("loss",), (Reduce.MEAN,))
-    reducer = _reducer(_Peers([pack_row(plan, None)]))
-    prepared = reducer.prepare({"loss": 1.0}, None, non_blocking=False)
-    with pytest.raises(MetricValueError, match=r"ranks \[1\] passed invalid metric values; nothing was logged"):
-        reducer.reduce(prepared, CALL)
+    results, _ = _job([{"loss": 1.0}, {"loss": "oops"}])
+    assert isinstance(results[0], MetricValueError)
+    assert "ranks [1] passed invalid metric values; nothing was logged" in str(results[0])
 
 
 def test_differing_keys_log_the_union_and_warn() -> None:
     """Ranks with different keys: each key reduced over the ranks that passed it, and one warning naming the key and
-    the ranks without it."""
-    peers = _Peers([_row({"shared": 3.0, "extra": 10.0})], entries=[[("extra", "mean", 10.0), ("shared", "mean", 3.0)]])
+    the ranks without it; the entries travel in one more round (lengths, then the pickles)."""
     warned: list[str] = []
-    reducer = _reducer(peers, warned)
-    prepared = reducer.prepare({"shared": 1.0}, None, non_blocking=False)
-    assert reducer.reduce(prepared, CALL) == {"extra": 10.0, "shared": 2.0}
-    assert peers.objects_gathered == 1
+    results, job = _job([{"shared": 1.0}, {"shared": 3.0, "extra": 10.0}], warned=warned)
+    assert results[0].values == {"extra": 10.0, "shared": 2.0} == results[1].values
+    assert job.records[0].pattern() == [("all_gather", "node", 2)] * 3
     assert len(warned) == 1 and "'extra' missing on ranks [0]" in warned[0] and "log_metrics at step 3" in warned[0]
 
 
 def test_differing_keys_with_strict_keys_raise_naming_what_is_missing() -> None:
     """With ``strict_keys`` the same situation raises MetricKeyMismatchError with key -> ranks missing it."""
-    peers = _Peers([_row({"a": 1.0, "b": 2.0})], entries=[[("a", "mean", 1.0), ("b", "mean", 2.0)]])
-    reducer = _reducer(peers, strict_keys=True)
-    with pytest.raises(MetricKeyMismatchError) as caught:
-        reducer.reduce(reducer.prepare({"a": 1.0}, None, non_blocking=False), CALL)
-    assert caught.value.missing == {"b": [0]}
+    results, _ = _job([{"a": 1.0}, {"a": 1.0, "b": 2.0}], strict_keys=True)
+    assert isinstance(results[0], MetricKeyMismatchError)
+    assert results[0].missing == {"b": [0]}

@@ -6,6 +6,7 @@ validation is tested in tests/test_config.py.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from pathlib import Path
@@ -22,9 +23,28 @@ def _rank(r: int, world: int = 2) -> RankInfo:
     return RankInfo(rank=r, world_size=world, local_rank=r, local_world_size=world)
 
 
-def _logger(tmp_path: Path, rank: int = 0, **cfg) -> UnifiedLogger:
+class Terminal(io.StringIO):
+    """A console that says it is a terminal, as an interactive stderr does: it gets the live bar."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _logger(tmp_path: Path, rank: int = 0, stream: io.StringIO | None = None, clock: Clock | None = None,
+            **cfg) -> UnifiedLogger:
     cfg.setdefault("progress", False)
-    return UnifiedLogger(LogConfig(log_dir=str(tmp_path / "logs"), **cfg), rank_info=_rank(rank))
+    return UnifiedLogger(LogConfig(log_dir=str(tmp_path / "logs"), **cfg), rank_info=_rank(rank),
+                         stream=Terminal() if stream is None else stream, **({"clock": clock} if clock else {}))
 
 
 def _console(log: UnifiedLogger) -> logging.Handler:
@@ -83,9 +103,24 @@ def test_metrics_jsonl_non_finite_as_strings(tmp_path: Path) -> None:
     assert "NaN" not in text and "Infinity" not in text  # strict JSON
     [row] = _jsonl(path)
     assert row["nan"] == "nan" and row["inf"] == "inf" and row["ninf"] == "-inf" and row["t"] == "nan"
-    assert row["np"] == 0.5 and row["ok"] == 1.5 and row["n"] == 3 and row["flag"] is True
+    assert row["np"] == 0.5 and row["ok"] == 1.5 and row["n"] == 3 and type(row["n"]) is int and row["flag"] is True
     assert row["text"] == "hi" and row["none"] is None and row["obj"] == "odd"
     assert row["step"] == 7
+
+
+def test_metrics_jsonl_keeps_ints_and_bools_when_all_values_are_numbers(tmp_path: Path) -> None:
+    """The all-numeric path reads every value in one host copy; integers and bools still come out as such."""
+    np = pytest.importorskip("numpy")
+    torch = pytest.importorskip("torch")
+    with _logger(tmp_path) as log:
+        log.log_metrics({"count": 4, "np_int": np.int64(3), "t_int": torch.tensor(5), "t_bool": torch.tensor(True),
+                         "flag": False, "loss": 0.25, "t_loss": torch.tensor(0.5), "f32": np.float32(2.0)}, step=1)
+    text = log.metrics_path.read_text()
+    assert '"count": 4,' in text and '"np_int": 3,' in text and '"t_int": 5,' in text  # not 4.0
+    [row] = _jsonl(log.metrics_path)
+    assert {k: type(v).__name__ for k, v in row.items() if k not in ("time", "step")} == {
+        "count": "int", "np_int": "int", "t_int": "int", "t_bool": "bool", "flag": "bool", "loss": "float",
+        "t_loss": "float", "f32": "float"}
 
 
 def test_metrics_file_appends_across_loggers(tmp_path: Path) -> None:
@@ -152,11 +187,12 @@ def test_primary_rank_one_gets_info_console(tmp_path: Path) -> None:
         assert _console(log).level == logging.WARNING
 
 
-def test_console_output_on_non_primary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    with _logger(tmp_path, 1, file=False, metrics_file=False) as log:
+def test_console_output_on_non_primary(tmp_path: Path) -> None:
+    console = Terminal()
+    with _logger(tmp_path, 1, stream=console, file=False, metrics_file=False) as log:
         log.info("not shown")
         log.warning("shown")
-    err = capsys.readouterr().err
+    err = console.getvalue()
     assert "not shown" not in err
     assert "[rank 1] WARNING shown" in err
 
@@ -264,6 +300,60 @@ def test_progress_negative_is_an_error(tmp_path: Path, call: str, arg: int) -> N
     with _logger(tmp_path, console=False) as log:
         with pytest.raises(ValueError, match=">= 0"):
             getattr(log, call)(arg)
+
+
+def test_postfix_shows_on_the_bar_and_in_the_summary(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    console = Terminal()
+    with _logger(tmp_path, stream=console, progress=True) as log:
+        log.start_progress(total=4, desc="train")
+        log.update_progress(1)
+        log.set_postfix(step_loss=torch.tensor(0.123456), lr=1e-4, epoch=2)
+        assert log._bar.postfix == "step_loss=0.1235, lr=0.0001, epoch=2"
+        log.set_postfix({"step_loss": 0.5})  # replaces the last values
+        log.update_progress(3)
+    summary = [line for line in log.log_path.read_text().splitlines() if "progress:" in line]
+    assert len(summary) == 1 and "progress: 4/4 steps, " in summary[0] and summary[0].endswith(" step_loss=0.5")
+
+
+def test_redirected_console_gets_one_plain_line_per_interval(tmp_path: Path) -> None:
+    """Not a terminal (a file, a SLURM .out): no bar and no carriage returns, a progress line once per
+    progress_interval with the postfix values, and every record on its own line."""
+    console, clock = io.StringIO(), Clock()
+    with _logger(tmp_path, stream=console, clock=clock, progress=True, progress_interval=10.0) as log:
+        log.start_progress(total=20, desc="train")
+        assert log._bar is None
+        for step in range(20):
+            clock.now += 2.0  # 2 s a step: a line every 5 steps
+            log.set_postfix(step_loss=1.0 / (step + 1), lr=0.05)
+            log.update_progress(1)
+            if step == 7:
+                log.warning("a warning mid-run")
+    text = console.getvalue()
+    assert "\r" not in text and "\x1b" not in text
+    lines = text.splitlines()
+    progress = [line.split(" INFO ", 1)[1] for line in lines if " INFO train: " in line]
+    assert progress == [
+        "train: 5/20 (25%), 0.50 steps/s, eta 30 s, step_loss=0.2, lr=0.05",
+        "train: 10/20 (50%), 0.50 steps/s, eta 20 s, step_loss=0.1, lr=0.05",
+        "train: 15/20 (75%), 0.50 steps/s, eta 10 s, step_loss=0.06667, lr=0.05",
+        "train: 20/20 (100%), 0.50 steps/s, step_loss=0.05, lr=0.05",
+    ]
+    assert any(line.endswith("WARNING a warning mid-run") for line in lines)
+    assert lines[-1].endswith("INFO progress: 20/20 steps, 0.50 steps/s, step_loss=0.05, lr=0.05")
+    assert all(line.startswith("20") for line in lines)  # every line is a whole record with its timestamp
+
+
+def test_no_progress_lines_from_other_ranks_or_when_off(tmp_path: Path) -> None:
+    for rank, progress in ((1, True), (0, False)):
+        console, clock = io.StringIO(), Clock()
+        with _logger(tmp_path, rank, stream=console, clock=clock, progress=progress, progress_interval=1.0,
+                     all_ranks_console=True) as log:
+            log.start_progress(total=3)
+            for _ in range(3):
+                clock.now += 5.0
+                log.update_progress(1)
+        assert [line for line in console.getvalue().splitlines() if ": 1/3" in line] == []
 
 
 # -- lifecycle --------------------------------------------------------------------------------------------------

@@ -15,6 +15,10 @@ class Backend(Protocol):
     be called from a signal handler that interrupted another call of the same backend on the same thread.
     """
 
+    @property
+    def run(self) -> Any | None:
+        """The underlying W&B run object (what ``WandbLogger.run`` hands out), or None when there is none."""
+
     def log_row(self, data: Mapping[str, Any], step: int, commit: bool = True) -> None:
         """Write one row of values at ``step``; ``commit=False`` keeps them to merge into the next committed row."""
 
@@ -43,6 +47,8 @@ class Backend(Protocol):
 
 class NullBackend:
     """The backend of every non-primary rank (and of ``mode="disabled"``): it does nothing, by design."""
+
+    run: Any | None = None
 
     def log_row(self, data: Mapping[str, Any], step: int, commit: bool = True) -> None:
         pass

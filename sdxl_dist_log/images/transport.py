@@ -1,30 +1,39 @@
 """How images travel from every rank to the primary: pure pack / plan / unpack, no torch.distributed here.
 
-One ``log_images`` call is two collectives (``wandb_logger.py`` runs them through ``collectives.py``):
+One ``log_images`` call is two steps (``wandb_logger.py`` runs them through ``collectives.py``):
 
 1. every rank offers a fixed-size float64 row (``pack_offer``): an error flag, how many images it has, and a table of
-   ``max_images_to_log`` slots, each (height, width, channels, caption bytes or ``NO_CAPTION``). The rows of all
-   ranks are gathered, and every rank derives the same ``GatherPlan`` from them (``plan_gather``): who failed, the
-   fair share each rank may send, and the byte size of every rank's payload;
-2. every rank sends its share as one flat uint8 buffer (``pack_payload``: the images' bytes back to back, then the
-   UTF-8 captions) in one ``gather`` to the primary, which cuts the buffers back into images and captions
-   (``unpack_payloads``). Images travel as bytes, never as pickles.
+   ``max_images_to_log`` slots, each (height, width, channels, caption bytes or ``NO_CAPTION``). The offers travel
+   like a ``log_metrics`` row (``ImageStage``: one all_gather on one node, the two-level pattern on several): the
+   primary derives the ``GatherPlan`` (``plan_gather``: who failed, the fair share each rank may send, the byte size
+   of every payload) and every rank learns who failed and which ranks send how many bytes;
+2. only the ranks with a share send it as one flat uint8 buffer (``pack_payload``: the images' bytes back to back,
+   then the UTF-8 captions) to the primary (``hierarchy.bytes_to_primary``), which cuts the buffers back into images
+   and captions (``unpack_payloads``). Images travel as bytes, never as pickles.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from sdxl_dist_log.errors import ImageInputError
+from sdxl_dist_log.framing import CallInfo
+from sdxl_dist_log.hierarchy import STAGE_HEADER, Steps, bytes_to_primary, call_rounds
 from sdxl_dist_log.images.convert import CHANNELS, image_error
+from sdxl_dist_log.topology import Topology
 
 __all__ = [
     "GatherPlan",
+    "Gathered",
+    "ImageStage",
     "decode_from_transport",
     "encode_for_transport",
     "fair_shares",
+    "gather_steps",
     "pack_offer",
     "pack_payload",
     "plan_gather",
@@ -108,6 +117,139 @@ def plan_gather(rows: np.ndarray, cap: int) -> GatherPlan:
     captions = [[int(n) for n in slots[r, : shares[r], CAPTION_BYTES]] for r in range(len(rows))]
     sizes = [transport_nbytes(shapes[r]) + sum(max(n, 0) for n in captions[r]) for r in range(len(rows))]
     return GatherPlan(failed, offered, shares, shapes, captions, sizes)
+
+
+# The stage's header, in aggregates and results: failed ranks (count, then the lowest), images offered in all, senders.
+I_FAILED, I_OFFERED, I_SENDERS = 0, 1, 2
+I_FAILED_RANKS = 4
+NAMED_FAILED_RANKS = STAGE_HEADER - I_FAILED_RANKS
+
+
+class ImageStage:
+    """Combine, merge and finalize the offers of one ``log_images`` call (``hierarchy.Stage``).
+
+    Every offer reaches the primary in the per-rank block; the result names the failed ranks (the lowest) and lists
+    each sending rank with its share and payload size, in ``(rank, share, bytes)`` triples after the header.
+    """
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.width = OFFER_HEADER + cap * SLOT_FIELDS
+
+    def combine(self, payloads: np.ndarray, ranks: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        out = np.full(STAGE_HEADER + payloads.shape[1], np.nan)
+        failed = [r for r, flag in zip(ranks, payloads[:, OFFER_ERROR]) if flag != 0]
+        out[I_FAILED] = len(failed)
+        out[I_FAILED_RANKS : I_FAILED_RANKS + min(len(failed), NAMED_FAILED_RANKS)] = failed[:NAMED_FAILED_RANKS]
+        return out, payloads[:, : self.width]
+
+    def merge(self, aggregates: np.ndarray) -> np.ndarray:
+        out = aggregates[0].copy()
+        out[I_FAILED] = aggregates[:, I_FAILED].sum()
+        named = aggregates[:, I_FAILED_RANKS:STAGE_HEADER].ravel()
+        named = np.sort(named[~np.isnan(named)])[:NAMED_FAILED_RANKS]
+        out[I_FAILED_RANKS:STAGE_HEADER] = np.nan
+        out[I_FAILED_RANKS : I_FAILED_RANKS + len(named)] = named
+        return out
+
+    def finalize(self, aggregate: np.ndarray, block: np.ndarray, primary_payload: np.ndarray,
+                 fits: bool) -> np.ndarray | None:
+        out = np.full(len(aggregate), np.nan)
+        out[:STAGE_HEADER] = aggregate[:STAGE_HEADER]
+        if aggregate[I_FAILED] > 0:
+            return out
+        if not fits:
+            return None
+        plan = plan_gather(block[:, : self.width], self.cap)
+        out[I_OFFERED] = sum(plan.offered)
+        senders = [(r, share, size) for r, (share, size) in enumerate(zip(plan.shares, plan.sizes)) if share]
+        out[I_SENDERS] = len(senders)
+        if senders:
+            out[STAGE_HEADER : STAGE_HEADER + 3 * len(senders)] = np.ravel(senders)
+        return out
+
+    def plan(self, block: np.ndarray) -> GatherPlan:
+        """The whole plan, where the offers are (the primary; on one node every rank)."""
+        return plan_gather(block[:, : self.width], self.cap)
+
+    @staticmethod
+    def failed_ranks(result: np.ndarray) -> tuple[list[int], int]:
+        named = result[I_FAILED_RANKS:STAGE_HEADER]
+        return [int(r) for r in named[~np.isnan(named)]], int(result[I_FAILED])
+
+    @staticmethod
+    def senders(result: np.ndarray) -> dict[int, tuple[int, int]]:
+        """rank -> (images it sends, payload bytes), for every rank with a share."""
+        count = int(result[I_SENDERS])
+        triples = result[STAGE_HEADER : STAGE_HEADER + 3 * count].reshape(count, 3).astype(np.int64)
+        return {int(r): (int(share), int(size)) for r, share, size in triples}
+
+    @staticmethod
+    def offered(result: np.ndarray) -> int:
+        return int(result[I_OFFERED])
+
+
+@dataclass(frozen=True)
+class Gathered:
+    """What one ``log_images`` call gives a rank.
+
+    Attributes:
+        images: every rank's shared images, in rank order, on the primary; empty elsewhere.
+        captions: one per image (marked with its rank when several ranks log), on the primary.
+        sent: images this rank sent.
+        offered: images all ranks offered together.
+        shares: rank -> images it sent, for every rank that sent any.
+    """
+
+    images: list[np.ndarray]
+    captions: list[str | None]
+    sent: int
+    offered: int
+    shares: dict[int, int]
+
+    def over_cap(self, cap: int, call: CallInfo) -> str | None:
+        """The warning to give when more images were offered than ``cap``, else None."""
+        if self.offered <= cap:
+            return None
+        return (f"{call}: {self.offered} images offered, logging {cap} (max_images_to_log); images per sending rank "
+                f"{self.shares}")
+
+
+def gather_steps(rank: Any, images: Sequence[np.ndarray], captions: Sequence[str | None], cap: int, call: CallInfo,
+                 error: Exception | None) -> Steps:
+    """One ``log_images`` call as the steps ``Collectives.run`` drives: the offers, then the shares' bytes.
+
+    Args:
+        rank: where this rank sits and its calls' shared state: a ``Collectives`` (``.topology``, ``.state``), or a
+            simulated rank.
+        images: this rank's uint8 (H, W, C) images; empty when ``error``.
+        error: what was wrong with this rank's input, or None: the flagged offer still travels, and every rank
+            raises.
+
+    Raises:
+        ImageInputError: some rank's images or captions were invalid (every rank raises, naming the ranks).
+    """
+    topology: Topology = rank.topology
+    encoded = encode_captions(captions)
+    stage = ImageStage(cap)
+    outcome = yield from call_rounds(topology, pack_offer(images, encoded, cap, failed=error is not None), call, stage,
+                                     rank.state)
+    failed, count = stage.failed_ranks(outcome.stage)
+    if count:
+        own = f": {error}" if error is not None else ""
+        more = f" and {count - len(failed)} more" if count > len(failed) else ""
+        raise ImageInputError(f"{call}: ranks {failed}{more} passed invalid images or captions{own}; nothing was "
+                              "logged")
+    senders = stage.senders(outcome.stage)
+    mine = senders.get(topology.rank, (0, 0))[0]
+    sizes = {r: size for r, (_, size) in senders.items()}
+    buffers = yield from bytes_to_primary(topology, sizes, pack_payload(images, encoded, mine))
+    shares = {r: share for r, (share, _) in senders.items()}
+    if buffers is None:
+        return Gathered([], [], mine, stage.offered(outcome.stage), shares)
+    by_rank = [buffers.get(r, np.empty(0, np.uint8)) for r in range(topology.world_size)]
+    unpacked, names = unpack_payloads(stage.plan(outcome.block), by_rank, label_ranks=topology.world_size > 1)
+    return Gathered(unpacked, names, mine, stage.offered(outcome.stage), shares)
 
 
 def pack_payload(images: Sequence[np.ndarray], captions: Sequence[bytes | None], share: int) -> np.ndarray:

@@ -4,6 +4,8 @@ The one local launcher of the project: ``sdxl-dist-log demo`` starts its ranks w
 benchmarks. Each process gets RANK/WORLD_SIZE/LOCAL_RANK/LOCAL_WORLD_SIZE/MASTER_ADDR/MASTER_PORT in its environment
 (as torchrun would set them), optionally joins a process group, runs ``fn(rank)`` and sends back its value or its
 exception. A process that has not answered by the deadline is killed and the call fails, so nothing waits forever.
+The ranks' ``TMPDIR`` is a folder of this call, removed when it returns: the processes end with ``os._exit``, which
+skips the exit handlers that would delete W&B's temporary media and artifact folders.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import queue as queue_module
+import shutil
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Mapping
@@ -44,6 +48,7 @@ class RanksFailedError(RuntimeError):
 def _child(fn: Callable[[int], Any], rank: int, world: int, port: int, backend: str | None,
            env: Mapping[str, str], pg_timeout: float, results: Any) -> None:
     os.environ.update(env)
+    tempfile.tempdir = None  # read TMPDIR again: this call's scratch folder
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(env.get("LOCAL_RANK", rank)),
                       LOCAL_WORLD_SIZE=str(env.get("LOCAL_WORLD_SIZE", world)),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -115,8 +120,9 @@ def run_ranks(
     results = ctx.Queue()
     port = free_port()
     procs = []
+    scratch = tempfile.mkdtemp(prefix="sdxl-ranks-")
     for rank in range(world_size):
-        child_env = {**(env or {}), **(rank_env(rank) if rank_env else {})}
+        child_env = {"TMPDIR": scratch, **(env or {}), **(rank_env(rank) if rank_env else {})}
         proc = ctx.Process(target=_child, args=(fn, rank, world_size, port, backend, child_env, pg_timeout, results))
         proc.start()
         procs.append(proc)
@@ -143,6 +149,7 @@ def run_ranks(
             if proc.is_alive():
                 proc.kill()
                 proc.join(timeout=5)
+        shutil.rmtree(scratch, ignore_errors=True)
     return [received[r] for r in range(world_size)]
 
 

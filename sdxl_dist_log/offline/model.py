@@ -148,6 +148,33 @@ class OfflineRun:
         """True when the run has an exit record (``finish`` ran)."""
         return self.exit_code is not None
 
+    @property
+    def end_state(self) -> str:
+        """How this recording of the run ended, from its records.
+
+        ``"preempted"`` when it recorded ``mark_preempting()`` (the logger's preemption handler does, then finishes
+        with code 1), else ``"finished"`` for exit code 0, ``"failed"`` for another exit code, and ``"killed"``
+        without an exit record (killed, or still running: the file alone cannot tell).
+
+        Example:
+            >>> OfflineRun(Path("."), exit_code=1, preempting=True).end_state, OfflineRun(Path(".")).end_state
+            ('preempted', 'killed')
+        """
+        if self.preempting:
+            return "preempted"
+        if self.exit_code is None:
+            return "killed"
+        return "finished" if self.exit_code == 0 else "failed"
+
+    @property
+    def end_time(self) -> float | None:
+        """When the recording ended, seconds since the epoch: start plus the exit record's runtime, or the last
+        ``_timestamp`` of a history row when later (a killed run has no exit record); None when neither is known."""
+        times = [row["_timestamp"] for row in self.history if isinstance(row.get("_timestamp"), (int, float))]
+        if self.start_time is not None and self.runtime is not None:
+            times.append(self.start_time + self.runtime)
+        return max(times) if times else self.start_time
+
     def keys(self) -> list[str]:
         """All history keys, sorted."""
         return sorted({key for row in self.history for key in row})

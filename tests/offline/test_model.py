@@ -48,3 +48,26 @@ def test_finished_and_artifact_versions() -> None:
 )
 def test_step_metric_from_the_loggers_config_entry(config: dict[str, Any], expected: str) -> None:
     assert OfflineRun(Path("."), config=config).step_metric == expected
+
+
+@pytest.mark.parametrize(
+    ("fields", "state"),
+    [
+        ({"exit_code": 0}, "finished"),
+        ({"exit_code": 3}, "failed"),
+        ({"exit_code": 1, "preempting": True}, "preempted"),  # the logger's handler marks, then finishes with 1
+        ({"preempting": True}, "preempted"),  # marked, then killed before finishing
+        ({}, "killed"),
+        ({"truncated": True}, "killed"),
+    ],
+)
+def test_end_state_from_the_records(fields: dict[str, Any], state: str) -> None:
+    assert OfflineRun(Path("."), **fields).end_state == state
+
+
+def test_end_time_is_the_exit_records_or_the_last_rows() -> None:
+    rows = [{"_timestamp": 105.0}, {"_timestamp": 109.5}, {"a": 1}]
+    assert OfflineRun(Path("."), start_time=100.0, runtime=20, history=rows).end_time == 120.0
+    assert OfflineRun(Path("."), start_time=100.0, history=rows).end_time == 109.5  # killed: its last row
+    assert OfflineRun(Path("."), start_time=100.0).end_time == 100.0
+    assert OfflineRun(Path(".")).end_time is None
