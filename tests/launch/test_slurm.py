@@ -9,6 +9,7 @@ job a test submitted when it ends, so nothing is left queued.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -490,8 +491,8 @@ def test_submitit_usr2_closes_the_run_then_submitit_requeues_into_the_same_run(s
 @pytest.mark.slurm
 @pytest.mark.slow
 @pytest.mark.timeout(200)
-def test_sbatch_template_usr1_before_the_time_limit_requeues_torchrun_into_the_same_run(slurm_cluster: str,
-                                                                                      tmp_path: Path) -> None:
+def test_sbatch_template_usr1_before_the_time_limit_requeues_torchrun_into_the_same_run(
+        slurm_cluster: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """``--signal=B:USR1@N`` (sent by hand: ``scancel --batch --signal=USR1``): the template's trap requeues; SLURM's
     SIGTERM reaches torchrun, both workers (twice: torchrun forwards it) and wandb-core. The run is closed with its
     mark, no row is lost, and the requeued job continues the same run id."""
@@ -516,3 +517,11 @@ def test_sbatch_template_usr1_before_the_time_limit_requeues_torchrun_into_the_s
     assert [(a.state, a.signal, a.last_part_marked, a.last_part_exit) for a in report.attempts] == [
         ("preempted", "SIGTERM", True, 1), ("finished", None, False, 0)], log
     assert "USR1: time limit near; requeueing" in log and "srun exited with status 0" in log
+    # what docs/slurm.md shows of this run: inspect's attempts, the journal, the parts wandb sync would upload
+    assert main(["inspect", str(out / "wandb")]) == 0
+    shown = capsys.readouterr().out.splitlines()
+    attempts = shown[shown.index(f"attempts of run slurm-{job}: 2"):]
+    assert re.fullmatch(r"  1\. \S+: steps 0\.\.\d+, preempted by SIGTERM at step \d+, run closed [\d.]+ s later",
+                        attempts[1]), attempts
+    assert attempts[-1].endswith("in the run: no gap") and "finished" in attempts[-3], attempts
+    assert not list((out / "wandb" / "journal" / f"slurm-{job}").glob("*.rows-*.jsonl"))  # all held: events only
