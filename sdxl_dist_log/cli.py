@@ -78,22 +78,29 @@ def _fake_nvml_spec(value: str | None) -> str | None:
 @cli.command("inspect", context_settings=_SETTINGS, short_help="summarise offline W&B runs")
 @click.argument("run_dirs", nargs=-1, required=True, metavar="RUN_DIR...")
 def inspect_command(run_dirs: tuple[str, ...]) -> int:
-    """Summarise offline W&B runs: run directories, .wandb files, or folders holding runs (each run is shown)."""
-    from sdxl_dist_log.offline import find_run_dirs, format_run, read_run
+    """Summarise offline W&B runs: run directories, .wandb files, or folders holding runs (each run is shown), then,
+    for a run in several parts or attempts (a requeued job), each attempt: steps, how it ended, its parts, gaps."""
+    from sdxl_dist_log.offline import find_run_dirs, format_attempts, format_run, read_run
 
     status = 0
+    read: dict[str, list] = {}
     for index, given in enumerate(run_dirs):
         path = Path(given)
         # a folder of several runs (the parts of a requeued run, say): show each
         runs = find_run_dirs(path) if path.is_dir() and not list(path.glob("*.wandb")) else [path]
         for run_path in runs or [path]:
             try:
-                summary = format_run(read_run(run_path))
+                run = read_run(run_path)
             except (OSError, ValueError) as exc:  # missing, unreadable, or not a run
                 print(f"sdxl-dist-log inspect: {run_path}: {exc}", file=sys.stderr)
                 status = 2
                 continue
-            print(("\n" if index or run_path != runs[0] else "") + summary)
+            read.setdefault(run.run_id, []).append(run)
+            print(("\n" if index or run_path != runs[0] else "") + format_run(run))
+    for parts in read.values():
+        attempts = format_attempts(parts)
+        if len(parts) > 1 or attempts.count("\n  ") > 2:  # one part of one attempt says nothing more
+            print("\n" + attempts)
     return status
 
 

@@ -36,7 +36,7 @@ from sdxl_dist_log.identity import CONFIG_SECTION, RunIdentity, launch_record, p
 from sdxl_dist_log.images import transport
 from sdxl_dist_log.main_process import MainProcessLog
 from sdxl_dist_log.metrics import apply_prefix
-from sdxl_dist_log.preemption import DEFAULT_SIGNALS, SignalChain
+from sdxl_dist_log.preemption import CLOSE_ON_SIGNAL_S, DEFAULT_SIGNALS, SignalChain
 from sdxl_dist_log.ranks import Launch, RankInfo
 from sdxl_dist_log.reduction import MetricReducer, PreparedMetrics
 from sdxl_dist_log.runconfig import checked_config, deep_merge
@@ -333,10 +333,13 @@ class WandbLogger:
         Raises:
             The first error of a background logging job, after the run is closed (``async_metrics`` only).
         """
+        self._finish(exit_code, self.config.finish_timeout)
+
+    def _finish(self, exit_code: int, timeout: float) -> None:
         if self._finished:
             return
         self._finished = True
-        deadline = time.monotonic() + self.config.finish_timeout
+        deadline = time.monotonic() + timeout
         if not self._dispatcher.close(max(0.0, deadline - time.monotonic())):
             self._warn("queued logging did not finish within finish_timeout; the rest is dropped")
         if self._system is not None:
@@ -361,23 +364,21 @@ class WandbLogger:
             self._log.error("while finishing after an error: %s", pending)
 
     def handle_preemption(self, signals: Sequence[int] = DEFAULT_SIGNALS) -> None:
-        """On these signals, mark the run as preempting, flush and finish it (bounded), then run the previous handler.
+        """On these signals (SLURM's SIGTERM, SIGUSR1, submitit's SIGUSR2), mark the run as preempting and close it
+        within ``min(finish_timeout, 20 s)``, then run the previous handler (submitit's checkpoint and requeue).
 
-        Call from the main thread. submitit's own handlers (checkpoint + requeue) still run after ours.
+        Call from the main thread. A repeated signal changes nothing; see docs/slurm.md, section 6.
         """
         self._signals.install(signals)
 
     def _close_on_signal(self, signum: int) -> None:
-        self._warn(f"received {signal.Signals(signum).name}: marking the run as preempting and finishing it")
-        if self.is_primary:
-            self._backend.mark_preempting()
-        self.finish(exit_code=1)
+        name = signal.Signals(signum).name
+        self._warn(f"received {name}: marking the run as preempting and finishing it")
+        self._backend.mark_preempting(name)  # a no-op off the primary (NullBackend)
+        self._finish(1, min(self.config.finish_timeout, CLOSE_ON_SIGNAL_S))
 
     # -- internals ----------------------------------------------------------------------------------------------
-    @property
-    def run_dir(self) -> str | None:
-        return self.identity.run_dir
-
+    run_dir = property(lambda self: self.identity.run_dir, doc="The W&B run's directory on the primary, or None.")
     run = property(lambda self: self._backend.run, doc="The primary's wandb run, an escape hatch (see quickstart).")
 
     def _write(self, method: str, *args: Any, step: int | None, **kwargs: Any) -> None:
@@ -392,9 +393,8 @@ class WandbLogger:
         return self._last_step
 
     def _log_system_row(self, row: Mapping[str, float]) -> None:
-        with self._lock:
-            self._record_hostnames()
-            self._backend.log_side_row(dict(row), self._last_step)
+        self._record_hostnames()
+        self._write("log_side_row", dict(row), step=None)
 
     def _record_hostnames(self) -> None:
         """Put the node -> host map into the run config whenever a node is seen for the first time."""

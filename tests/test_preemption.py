@@ -49,9 +49,10 @@ def _previous(events: list[str]):
     return handler
 
 
-def test_the_default_signals_are_slurm_s() -> None:
-    """SIGTERM (SLURM's preemption and requeue) and SIGUSR1 (the usual ``--signal=B:USR1@N``)."""
-    assert DEFAULT_SIGNALS == (signal.SIGTERM, signal.SIGUSR1)
+def test_the_default_signals_are_those_of_every_documented_launcher() -> None:
+    """SIGTERM (SLURM's preemption and requeue), SIGUSR1 (the usual ``--signal=USR1@N``) and SIGUSR2 (submitit's
+    timeout and preemption signal)."""
+    assert DEFAULT_SIGNALS == (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
 
 def test_our_callback_runs_then_the_previous_python_handler() -> None:
@@ -68,8 +69,10 @@ def test_our_callback_runs_then_the_previous_python_handler() -> None:
     assert events[2:] == ["previous SIGUSR1 frame=True"]
 
 
-def test_each_signal_hands_on_to_its_own_previous_handler() -> None:
-    """Two signals with different previous handlers: each goes to its own."""
+def test_each_signal_hands_on_to_its_own_previous_handler_and_the_close_down_runs_once() -> None:
+    """Two signals with different previous handlers: the first runs the close-down and goes to its own previous
+    handler (ignored: the process goes on); from then on every signal goes to its previous handler alone, since the
+    run is closed."""
     events: list[str] = []
     signal.signal(signal.SIGUSR1, _previous(events))
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
@@ -78,7 +81,7 @@ def test_each_signal_hands_on_to_its_own_previous_handler() -> None:
     assert events == ["ours SIGUSR2"]  # ignored before: nothing more, and the process goes on
     assert signal.getsignal(signal.SIGUSR2) == signal.SIG_IGN
     signal.raise_signal(signal.SIGUSR1)
-    assert events[1:] == ["ours SIGUSR1", "previous SIGUSR1 frame=True"]
+    assert events[1:] == ["previous SIGUSR1 frame=True"]
 
 
 def test_a_failing_callback_still_hands_the_signal_on(caplog: pytest.LogCaptureFixture) -> None:
@@ -143,6 +146,58 @@ def test_restore_off_the_main_thread_is_a_no_op() -> None:
     assert signal.getsignal(signal.SIGUSR1) != ours
 
 
+def test_signals_during_the_close_down_wait_for_it_and_are_handed_on_once_each() -> None:
+    """A repeat of the signal and another preemption signal arriving while the close-down runs neither start a
+    second close-down nor reach the previous handlers early: once it is done, each distinct signal goes to its
+    previous handler once, in the order they came."""
+    events: list[str] = []
+    signal.signal(signal.SIGUSR1, _previous(events))
+    signal.signal(signal.SIGUSR2, _previous(events))
+
+    def close_down(signum: int) -> None:
+        events.append("close-down starts")
+        signal.raise_signal(signal.SIGUSR1)  # torchrun's forwarded copy of the same signal
+        signal.raise_signal(signal.SIGUSR2)
+        signal.raise_signal(signal.SIGUSR1)
+        events.append("close-down ends")
+
+    SignalChain(close_down, logging.getLogger("test_preemption")).install(SIGNALS)
+    signal.raise_signal(signal.SIGUSR1)
+    assert events == ["close-down starts", "close-down ends", "previous SIGUSR1 frame=True",
+                      "previous SIGUSR2 frame=True"]
+
+
+def test_restore_during_the_close_down_waits_until_it_is_done() -> None:
+    """The close-down restores the handlers (the logger's finish does); while it runs ours stays installed, so a
+    repeated signal cannot reach the previous handler (or the default action) before the run is closed."""
+    events: list[str] = []
+    previous = _previous(events)
+    signal.signal(signal.SIGUSR1, previous)
+    chain: SignalChain
+
+    def close_down(signum: int) -> None:
+        chain.restore()
+        installed = "previous" if signal.getsignal(signal.SIGUSR1) is previous else "ours"
+        events.append(f"installed during close-down: {installed}")
+
+    chain = SignalChain(close_down, logging.getLogger("test_preemption"))
+    chain.install([signal.SIGUSR1])
+    signal.raise_signal(signal.SIGUSR1)
+    assert events == ["installed during close-down: ours", "previous SIGUSR1 frame=True"]
+    assert signal.getsignal(signal.SIGUSR1) is previous
+
+
+def test_installing_twice_never_makes_ours_its_own_previous_handler() -> None:
+    """``install`` twice (``handle_preemption`` called again): one close-down, then the handler from before."""
+    events: list[str] = []
+    signal.signal(signal.SIGUSR1, _previous(events))
+    chain = _chain(events)
+    chain.install([signal.SIGUSR1])
+    chain.install([signal.SIGUSR1])
+    signal.raise_signal(signal.SIGUSR1)
+    assert events == ["ours SIGUSR1", "previous SIGUSR1 frame=True"]
+
+
 _DEFAULT_ACTION = textwrap.dedent("""
     import logging, os, signal, threading
     from sdxl_dist_log.preemption import SignalChain
@@ -153,6 +208,30 @@ _DEFAULT_ACTION = textwrap.dedent("""
     threading.Event().wait(30)  # the re-delivered SIGTERM ends the process before this returns
     print("still alive", flush=True)
 """)
+
+
+_REPEATED = textwrap.dedent("""
+    import logging, os, signal, time
+    from sdxl_dist_log.preemption import SignalChain
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    def close_down(signum):
+        os.kill(os.getpid(), signal.SIGTERM)  # a second SIGTERM 5 ms into the close-down
+        time.sleep(0.2)
+        os.kill(os.getpid(), signal.SIGTERM)
+        print("closed down", flush=True)
+    SignalChain(close_down, logging.getLogger("t")).install([signal.SIGTERM])
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(30)
+    print("still alive", flush=True)
+""")
+
+
+def test_repeated_sigterm_with_the_default_action_ends_the_process_only_after_the_close_down() -> None:
+    """Two more SIGTERMs during the close-down (SLURM's, then torchrun's forwarded one): the close-down completes,
+    then the process ends by SIGTERM, as it would have without us."""
+    done = subprocess.run([sys.executable, "-c", _REPEATED], capture_output=True, text=True, timeout=50)
+    assert done.returncode == -signal.SIGTERM, (done.returncode, done.stdout, done.stderr)
+    assert done.stdout.splitlines() == ["closed down"]
 
 
 def test_without_a_previous_handler_the_signal_is_re_delivered_and_ends_the_process() -> None:

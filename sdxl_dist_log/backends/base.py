@@ -9,9 +9,10 @@ import numpy as np
 
 
 class Backend(Protocol):
-    """What the logger needs from a run. Every method is called on the primary rank only, under the logger's lock.
+    """What the logger needs from a run. Every method is called on the primary rank only.
 
-    The logger owns the step: every row arrives with the step it belongs to.
+    The logger owns the step: every row arrives with the step it belongs to. ``mark_preempting`` and ``finish`` may
+    be called from a signal handler that interrupted another call of the same backend on the same thread.
     """
 
     @property
@@ -40,11 +41,11 @@ class Backend(Protocol):
     def update_config(self, values: Mapping[str, Any]) -> None:
         """Set top-level config keys (values already merged and redacted)."""
 
-    def mark_preempting(self) -> None:
-        """Tell W&B the run is being preempted and will resume."""
+    def mark_preempting(self, reason: str = "") -> None:
+        """Tell W&B the run is being preempted and will resume; ``reason`` names the signal."""
 
     def finish(self, exit_code: int, timeout: float) -> None:
-        """Close the run within ``timeout`` seconds."""
+        """Close the run within ``timeout`` seconds (marked preempting if ``mark_preempting`` was called)."""
 
 
 class NullBackend:
@@ -74,7 +75,7 @@ class NullBackend:
     def update_config(self, values: Mapping[str, Any]) -> None:
         pass
 
-    def mark_preempting(self) -> None:
+    def mark_preempting(self, reason: str = "") -> None:
         pass
 
     def finish(self, exit_code: int, timeout: float) -> None:

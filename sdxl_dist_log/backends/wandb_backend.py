@@ -14,15 +14,16 @@ import glob
 import logging
 import os
 import shutil
+import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-import numpy as np
-
 from sdxl_dist_log.backends.base import NullBackend
+from sdxl_dist_log.backends.journal import Journal, journal_root
+from sdxl_dist_log.backends.journaled import JournaledBackend
 from sdxl_dist_log.config import WandbConfig
 from sdxl_dist_log.identity import RunIdentity
 from sdxl_dist_log.secrets import scrub_argv, scrub_text
@@ -30,127 +31,160 @@ from sdxl_dist_log.secrets import scrub_argv, scrub_text
 _log = logging.getLogger("sdxl_dist_log")
 
 
-class WandbBackend:
-    """Writes rows, images, artifacts and config into one W&B run. Thread-safe.
+class WandbSession:
+    """One W&B run as the writer thread uses it (``writer.Session``): the current part, and the next ones.
 
-    A failure of the run itself (its ``wandb-core`` service killed, say: SLURM signals every process of a job step
-    on requeue, while the training process may ignore the signal and go on) is caught, reported once, and turns
-    this backend into a no-op: logging never kills training.
+    Every row is committed at once with the step under ``step_metric``; W&B plots every key against that metric.
+    A new part (after the W&B service died) is the same run id with ``resume="allow"``, started with the settings
+    of the first part, except that it records no code, requirements or machine facts again.
     """
 
-    def __init__(self, run: Any, *, step_metric: str, logger: logging.Logger | None = None) -> None:
-        self._run = run
-        self._log = logger or _log
+    def __init__(self, run: Any, *, step_metric: str) -> None:
+        self.run_id: str = run.id
         self._step_metric = step_metric
-        self._lock = threading.RLock()  # re-entrant: a preemption signal handler may finish the run mid-call
-        self._pending: dict[str, Any] = {}
-        self._pending_step = 0
-        self.failure: BaseException | None = None
-        run.define_metric(step_metric)
-        run.define_metric("*", step_metric=step_metric, step_sync=True)
+        self._root = os.path.abspath(run.settings.root_dir or ".")  # init's cwd: the script may chdir later
+        self.run: Any = None
+        self._use(run)
+
+    @property
+    def root_dir(self) -> str:
+        """The directory the run was started under (``WandbConfig.dir``), absolute."""
+        return self._root
+
+    def _use(self, run: Any) -> None:
+        self.run = run
+        sync_file = getattr(run.settings, "sync_file", None)
+        self._file = os.path.abspath(sync_file) if sync_file else None
+        self._service = _service_process()
+        run.define_metric(self._step_metric)
+        run.define_metric("*", step_metric=self._step_metric, step_sync=True)
+
+    def run_file(self) -> str | None:
+        return self._file
+
+    def log(self, row: Mapping[str, Any]) -> None:
+        self.run.log(dict(row))
+
+    def log_images(self, key: str, files: Sequence[str], captions: Sequence[str | None], step: int) -> None:
+        import wandb
+
+        self.run.log({key: [wandb.Image(f, caption=c) for f, c in zip(files, captions)], self._step_metric: step})
+
+    def log_table(self, key: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], files: Sequence[str],
+                  step: int) -> None:
+        import wandb
+
+        def cell(value: Any) -> Any:
+            return wandb.Image(files[value["image"]]) if isinstance(value, dict) and "image" in value else value
+
+        table = wandb.Table(columns=list(columns), data=[[cell(v) for v in row] for row in rows])
+        self.run.log({key: table, self._step_metric: step})
+
+    def log_artifact(self, path: str, *, name: str, type: str, aliases: Sequence[str],
+                     metadata: Mapping[str, Any]) -> None:
+        import wandb
+
+        artifact = wandb.Artifact(name, type=type, metadata=dict(metadata))
+        if os.path.isdir(path):
+            artifact.add_dir(path)
+        else:
+            artifact.add_file(path)
+        self.run.log_artifact(artifact, aliases=list(aliases))
+
+    def update_config(self, values: Mapping[str, Any]) -> None:
+        self.run.config.update(dict(values), allow_val_change=True)
+
+    def update_summary(self, values: Mapping[str, Any]) -> None:
+        self.run.summary.update(dict(values))
+
+    def mark_preempting(self) -> None:
+        self.run.mark_preempting()
+
+    def finish(self, exit_code: int) -> None:
+        self.run.finish(exit_code=exit_code)
+
+    def failure(self, exc: BaseException) -> str | None:
+        """Why the service is gone when ``exc`` means it: its process exited, or the connection to it broke."""
+        service = self._service
+        code = service.poll() if service is not None else None
+        if code is not None:
+            how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+            return f"wandb-core (pid {service.pid}) ended with {how}"
+        if isinstance(exc, ConnectionError) or type(exc).__name__ in ("MailboxClosedError", "HandleAbandonedError"):
+            return f"the connection to wandb-core broke ({type(exc).__name__}: {exc})"
+        return None
+
+    def reopen(self, config: Mapping[str, Any], timeout: float) -> None:
+        import wandb
+
+        old = self.run.settings
+        modes = [old.mode] + (["offline"] if old.mode == "online" else [])
+        for index, mode in enumerate(modes):
+            if mode == "offline":
+                wandb.setup(wandb.Settings(mode="offline"))  # no error report over the network at exit
+            settings = wandb.Settings(
+                mode=mode, init_timeout=max(1.0, min(float(old.init_timeout), timeout)),
+                finish_timeout=old.finish_timeout,
+                x_transaction_log_flush_interval=old.x_transaction_log_flush_interval,
+                x_disable_stats=True, console="off", silent=True, save_code=False, x_save_requirements=False,
+                x_disable_meta=True, x_disable_machine_info=True)
+            try:
+                with _argv_scrubbed():  # x_disable_meta records no argv; scrubbed all the same
+                    run = wandb.init(project=old.project, entity=old.entity, name=old.run_name, id=self.run_id,
+                                     group=old.run_group, job_type=old.run_job_type, tags=list(old.run_tags or ()),
+                                     notes=old.run_notes, dir=self._root, resume="allow", config=dict(config),
+                                     settings=settings)
+            except Exception:
+                if index + 1 == len(modes):
+                    raise
+                self.detach()
+                continue
+            self._use(run)
+            return
+
+    def detach(self) -> None:
+        import wandb
+
+        try:
+            wandb.teardown()
+        except BaseException:  # noqa: BLE001 - a dead service cannot be torn down (and may sys.exit): forget it
+            pass
+
+
+def _service_process() -> Any:
+    """wandb-core's process (a ``subprocess.Popen``) as this process started it, or None when it cannot tell."""
+    try:
+        from wandb.sdk import wandb_setup
+
+        return wandb_setup._singleton._connection._proc._process  # type: ignore[union-attr]
+    except AttributeError:
+        return None
+
+
+class WandbBackend(JournaledBackend):
+    """The primary rank's backend for one W&B run: journaled rows, one writer thread, a dead service replaced.
+
+    Args:
+        run: the run ``wandb.init`` returned (its first part).
+        step_metric: the key that carries the training step.
+        logger: where reports go.
+        journal_dir: the journal folder; ``<run dir root>/journal/<run id>`` when None.
+    """
+
+    def __init__(self, run: Any, *, step_metric: str, logger: logging.Logger | None = None,
+                 journal_dir: str | None = None) -> None:
+        from sdxl_dist_log.offline.decode import count_records
+
+        session = WandbSession(run, step_metric=step_metric)
+        journal = Journal(journal_dir or journal_root(session.root_dir, session.run_id), run_id=session.run_id)
+        super().__init__(session, journal, step_metric=step_metric, logger=logger or _log, count=count_records,
+                         config=run.config.as_dict(), reopen_timeout=float(run.settings.init_timeout))
+        self.take_over()
 
     @property
     def run(self) -> Any:
-        return self._run
-
-    def _guarded(self, what: str, action: Callable[[], None]) -> bool:
-        """Run one call into W&B under the lock; on failure report once and stop using the run. True if it ran."""
-        with self._lock:
-            if self.failure is not None:
-                return False
-            try:
-                action()
-                return True
-            except Exception as exc:
-                self.failure = exc
-                self._log.error("W&B run %s failed during %s (%s: %s); logging to it stops here, training goes on",
-                                getattr(self._run, "id", "?"), what, type(exc).__name__, exc)
-                return False
-
-    def log_row(self, data: Mapping[str, Any], step: int, commit: bool = True) -> None:
-        with self._lock:
-            self._pending.update(data)
-            self._pending_step = step
-            if commit:
-                self._write_pending()
-
-    def _write_pending(self) -> None:
-        row, self._pending = self._pending, {}
-        row[self._step_metric] = self._pending_step
-        self._guarded("log", lambda: self._run.log(row))
-
-    def log_side_row(self, data: Mapping[str, Any], step: int) -> None:
-        """Write a row of its own (system figures) at ``step``, leaving values pending from ``commit=False`` alone."""
-        with self._lock:
-            row = {**data, self._step_metric: step}
-            self._guarded("log", lambda: self._run.log(row))
-
-    def log_images(
-        self, key: str, images: Sequence[np.ndarray], captions: Sequence[str | None], step: int
-    ) -> None:
-        import wandb
-
-        pictures: list[Any] = []
-
-        def encode() -> None:  # PNG encoding can fail too (disk full): never into training
-            pictures.extend(wandb.Image(image[:, :, 0] if image.shape[2] == 1 else image, caption=caption)
-                            for image, caption in zip(images, captions))
-
-        if self._guarded("image encoding", encode):
-            self.log_row({key: pictures}, step)
-
-    def log_table(self, key: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], step: int) -> None:
-        import wandb
-
-        tables: list[Any] = []
-
-        def build() -> None:  # image cells become wandb.Image (PNG encoding, like log_images)
-            cells = [[wandb.Image(v[:, :, 0] if v.shape[2] == 1 else v) if isinstance(v, np.ndarray) else v
-                      for v in row] for row in rows]
-            tables.append(wandb.Table(columns=list(columns), data=cells))
-
-        if self._guarded("table", build):
-            self.log_side_row({key: tables[0]}, step)
-
-    def log_artifact(
-        self, path: str, *, name: str, type: str, aliases: Sequence[str], metadata: Mapping[str, Any]
-    ) -> bool:
-        import wandb
-
-        def upload() -> None:
-            artifact = wandb.Artifact(name, type=type, metadata=dict(metadata))
-            if os.path.isdir(path):
-                artifact.add_dir(path)
-            else:
-                artifact.add_file(path)
-            self._run.log_artifact(artifact, aliases=list(aliases))
-
-        return self._guarded(f"log_artifact({name})", upload)
-
-    def update_config(self, values: Mapping[str, Any]) -> None:
-        self._guarded("config update", lambda: self._run.config.update(dict(values), allow_val_change=True))
-
-    def mark_preempting(self) -> None:
-        self._guarded("mark_preempting", self._run.mark_preempting)
-
-    def finish(self, exit_code: int, timeout: float) -> None:
-        def close() -> None:
-            with self._lock:
-                if self._pending:  # values of a last commit=False call: they belong in the run too
-                    self._write_pending()
-            self._guarded("finish", lambda: self._run.finish(exit_code=exit_code))
-
-        if self._lock._is_owned():  # type: ignore[attr-defined]
-            # a signal handler interrupted this thread inside a W&B call: a helper thread would wait forever for the
-            # lock this thread holds, so close here (W&B's own finish_timeout bounds it)
-            close()
-            return
-        closer = threading.Thread(target=close, name="sdxl-dist-log-finish", daemon=True)
-        closer.start()
-        closer.join(timeout)
-        if closer.is_alive():
-            self._log.warning("W&B run %s did not finish within %.0f s; leaving it to close in the background",
-                              self._run.id, timeout)
+        """The W&B run of the current part."""
+        return self.session.run
 
 
 def _settings(config: WandbConfig, mode: str, init_timeout: float | None = None) -> Any:

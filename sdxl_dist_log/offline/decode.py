@@ -34,8 +34,9 @@ class RecordReader(Iterator["Record"]):
     After iteration ends, ``truncated`` and ``reason`` say whether the tail was cut or corrupt.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], start: int = 0) -> None:
         self.path = Path(path)
+        self.start = start
         self.status = ReadStatus()
         self._gen = self._records()
 
@@ -64,7 +65,7 @@ class RecordReader(Iterator["Record"]):
         from wandb.proto import wandb_internal_pb2 as pb  # lazy: importing it imports wandb
 
         with open(self.path, "rb") as stream:
-            for payload in iter_payloads(stream, self.status):
+            for payload in iter_payloads(stream, self.status, self.start):
                 record = pb.Record()
                 try:
                     record.ParseFromString(payload)
@@ -75,11 +76,12 @@ class RecordReader(Iterator["Record"]):
                 yield record
 
 
-def read_records(path: str | os.PathLike[str]) -> RecordReader:
+def read_records(path: str | os.PathLike[str], start: int = 0) -> RecordReader:
     """Iterate over the records of a ``.wandb`` file, stopping at a truncated or corrupt tail.
 
     Args:
         path: the ``run-<id>.wandb`` file.
+        start: a record boundary to resume from (``reader.status.good_offset`` of an earlier read); 0 for all.
 
     Returns:
         A :class:`RecordReader`: an iterator of ``wandb_internal_pb2.Record`` whose ``truncated`` and ``reason``
@@ -94,7 +96,29 @@ def read_records(path: str | os.PathLike[str]) -> RecordReader:
         >>> kinds = [r.WhichOneof("record_type") for r in reader]; reader.truncated  # doctest: +SKIP
         False
     """
-    return RecordReader(path)
+    return RecordReader(path, start)
+
+
+def count_records(path: str | os.PathLike[str], start: int = 0) -> tuple[Counter[str], int]:
+    """Count the records of a ``.wandb`` file by kind, from ``start`` to the last complete record.
+
+    Cheap to repeat on a file that grows (a live run): pass the returned offset back as ``start``.
+
+    Args:
+        path: the ``run-<id>.wandb`` file.
+        start: a record boundary to resume from (an offset this function returned); 0 for the whole file.
+
+    Returns:
+        (record kind -> count, e.g. ``{"history": 12, "artifact": 1, ...}``; the offset just past the last
+        complete record read).
+
+    Raises:
+        OSError: the file cannot be read.
+        WandbFileError: the file does not start with the W&B header.
+    """
+    reader = RecordReader(path, start)
+    counts = Counter(record.WhichOneof("record_type") for record in reader)
+    return counts, reader.status.good_offset
 
 
 # ----------------------------------------------------------------------------------------------------------------

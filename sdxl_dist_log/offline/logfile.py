@@ -59,12 +59,14 @@ def chunk_crc(chunk_type: int, data: bytes) -> int:
     return zlib.crc32(data, zlib.crc32(bytes((chunk_type,)))) & 0xFFFFFFFF
 
 
-def iter_payloads(stream: IO[bytes], status: ReadStatus | None = None) -> Iterator[bytes]:
+def iter_payloads(stream: IO[bytes], status: ReadStatus | None = None, start: int = 0) -> Iterator[bytes]:
     """Yield the reassembled record payloads of a W&B log, stopping quietly at a cut or corrupt tail.
 
     Args:
-        stream: a binary stream positioned at the start of the file (the 7-byte header included).
+        stream: a binary, seekable stream positioned at the start of the file (the 7-byte header included).
         status: filled in as reading goes: ``truncated``, ``reason`` and ``good_offset``.
+        start: a record boundary to resume from (the ``good_offset`` of an earlier read of a file that has grown
+            since); 0 reads from the first record. The header is checked either way.
 
     Yields:
         Each record's bytes (a serialized ``Record``).
@@ -80,8 +82,14 @@ def iter_payloads(stream: IO[bytes], status: ReadStatus | None = None) -> Iterat
             return
         raise WandbFileError(f"not a W&B transaction log: header {head!r}, expected {FILE_HEADER!r}")
     status.good_offset = len(FILE_HEADER)
-    block = head + stream.read(BLOCK_SIZE - len(head))
-    block_start, pos = 0, len(FILE_HEADER)
+    if start > len(FILE_HEADER):  # blocks are counted from the start of the file: find the one holding ``start``
+        block_start = start - start % BLOCK_SIZE
+        stream.seek(block_start)
+        block, pos = stream.read(BLOCK_SIZE), start - block_start
+        status.good_offset = start
+    else:
+        block = head + stream.read(BLOCK_SIZE - len(head))
+        block_start, pos = 0, len(FILE_HEADER)
     pending: list[bytes] = []
     pending_start: int | None = None
 

@@ -9,6 +9,7 @@ job a test submitted when it ends, so nothing is left queued.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ import pytest
 
 from sdxl_dist_log.cli import main
 from sdxl_dist_log.launch.submit import submit
+from sdxl_dist_log.testing import preempt
 
 # The task functions below live in this test module, which a job's interpreter cannot import: ship them by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -300,7 +302,7 @@ def test_slurm_demo_preempted_mid_training_resumes_from_its_checkpoint_into_the_
     import functools
 
     from sdxl_dist_log.demo import train
-    from sdxl_dist_log.offline import find_run_dirs, read_run
+    from sdxl_dist_log.offline import attempts_of, find_run_dirs, read_run
 
     out = tmp_path / "demo"
     task = functools.partial(train, 40, out_dir=str(out), step_time=0.25, checkpoint_every=5, image_every=10,
@@ -313,20 +315,21 @@ def test_slurm_demo_preempted_mid_training_resumes_from_its_checkpoint_into_the_
     wait_done(job, max(5.0, end - time.monotonic()))
     assert job.results()[0] is not None, _logs(job)
 
-    first, second = (read_run(d) for d in find_run_dirs(out))
-    assert first.run_id == second.run_id == f"slurm-{job.job_id}"
-    steps_first = [row["trainer/step"] for row in first.rows_with("metrics/loss")]
-    steps_second = [row["trainer/step"] for row in second.rows_with("metrics/loss")]
-    # attempt 1 logged steps 0..9 before the requeue; what wandb-core had not flushed when SLURM killed it is lost,
-    # at most flush_interval (0.5 s = 2 steps of 0.25 s) and a step in flight
-    assert steps_first == list(range(len(steps_first))) and steps_first[-1] >= 9 - 3
-    # submitit ignores the requeue's SIGTERM, so attempt 1 trains (and checkpoints) until SLURM's KillWait while
-    # its wandb-core, signalled too, is gone: attempt 2 resumes at the last checkpoint attempt 1 saved
-    resumed_at = steps_second[0]
-    assert resumed_at % 5 == 0 and resumed_at >= 10
-    assert steps_second == list(range(resumed_at, 40)) and second.exit_code == 0
-    # the checkpoints of both parts are versions of one artifact
-    assert {a.name for a in first.artifacts + second.artifacts} == {"ckpt"}
+    parts = [read_run(d) for d in find_run_dirs(out)]
+    assert {p.run_id for p in parts} == {f"slurm-{job.job_id}"}
+    first, second = attempts_of(parts)
+    # submitit ignores the requeue's SIGTERM, so attempt 1 trains (and checkpoints) until SLURM's KillWait while its
+    # wandb-core, signalled too, is gone: the logger starts a new one, and what that one had not written when
+    # SIGKILL came, attempt 2 writes first. Attempt 2 resumes at the last checkpoint attempt 1 saved.
+    assert first.ended == "killed" and second.ended == "finished"
+    assert first.last_step is not None and first.last_step >= 10
+    resumed_at = second.first_step
+    assert resumed_at is not None and resumed_at % 5 == 0 and resumed_at >= 10
+    steps = {row["trainer/step"] for p in parts for row in p.rows_with("metrics/loss")}
+    assert steps == set(range(40))  # no hole: every step attempt 1 logged is in the run, and attempt 2's
+    assert parts[-1].exit_code == 0
+    # the checkpoints of every part are versions of one artifact
+    assert {a.name for p in parts for a in p.artifacts} == {"ckpt"}
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -376,3 +379,149 @@ def test_sbatch_template_runs_its_default_script(slurm_cluster: str, tmp_path: P
     run = read_run(run_dir)
     assert run.run_id == f"slurm-{job_id}" and run.exit_code == 0
     assert [row["trainer/step"] for row in run.rows_with("metrics/loss")] == [0, 1, 2]
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# (e) preemption: every attempt closed with its mark, no row lost (examples/preemptible_train.py)
+# ------------------------------------------------------------------------------------------------------------------
+SWEEP_OFFSETS = (0.0, 0.04, 0.08, 0.12, 0.16, 0.2)
+"""Seconds between a step's logging call returning and the signal: the row most at risk is the one just logged."""
+
+
+def _preemptible(tmp_path: Path, steps: int, requeue: bool = True) -> tuple[str, Path]:
+    """Submit examples/preemptible_train.py as one srun task; returns (job id, its output folder)."""
+    out = tmp_path / "out"
+    script = tmp_path / "job.sh"
+    script.write_text(f"""#!/bin/bash
+#SBATCH --{'requeue' if requeue else 'no-requeue'}
+#SBATCH --open-mode=append
+#SBATCH --output={tmp_path}/slurm-%j.out
+#SBATCH --job-name=sdxl-test-preempt
+srun {sys.executable} {ROOT}/examples/preemptible_train.py {out} --steps {steps} --step-time 0.1
+""")
+    return preempt.sbatch(str(script), cwd=tmp_path), out
+
+
+def _no_traceback(text: str) -> None:
+    assert "Traceback" not in text and "Exception ignored" not in text, text[-3000:]
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+@pytest.mark.timeout(480)
+def test_requeued_at_every_point_of_a_step_each_attempt_closes_and_no_row_is_lost(slurm_cluster: str,
+                                                                                  tmp_path: Path) -> None:
+    """One job requeued once per signal time, 0-200 ms after a step's logging call returned: SLURM's SIGTERM
+    reaches wandb-core too. Every step logged before a signal is in the run, every preempted attempt's last part
+    has the preempting mark and an exit record, all parts share the job's run id, and the last attempt finishes."""
+    job, out = _preemptible(tmp_path, steps=40)
+    deadline = time.monotonic() + 420
+    signals = []
+    try:
+        for attempt, offset in enumerate(SWEEP_OFFSETS):
+            signals.append((attempt, preempt.signal_at(out, job, "requeue", attempt=attempt, after_steps=3,
+                                                       offset=offset, deadline=deadline)))
+            preempt.wait_for(f"attempt {attempt + 1}", lambda a=attempt + 1: (preempt.release(job) or True) and any(
+                n == a for n, _, _ in preempt.progress(out)), deadline, poll=0.3)
+        preempt.wait_for("the job to end", lambda: preempt.squeue_state(job) == "", deadline, poll=0.5)
+    finally:
+        preempt.cancel(job)
+    report = preempt.check(out, signals)
+    log = next(tmp_path.glob("slurm-*.out")).read_text()
+    assert report.missing == [], report.summary()
+    assert report.run_ids == {f"slurm-{job}"}
+    states = [(a.state, a.signal, a.last_part_marked, a.last_part_exit) for a in report.attempts]
+    assert states == [("preempted", "SIGTERM", True, 1)] * len(SWEEP_OFFSETS) + [("finished", None, False, 0)], log
+    _no_traceback(log)
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+def test_scancel_term_closes_the_run_with_its_mark_and_every_row(slurm_cluster: str, tmp_path: Path) -> None:
+    """A preemption without requeue (``scancel --signal=TERM``): the one attempt's run ends with the preempting mark
+    and an exit record, with every step logged before the signal; the task ends by SIGTERM, as it would have."""
+    job, out = _preemptible(tmp_path, steps=200, requeue=False)
+    deadline = time.monotonic() + 120
+    try:
+        sent = preempt.signal_at(out, job, "term", attempt=0, after_steps=5, offset=0.05, deadline=deadline)
+        preempt.wait_for("the job to end", lambda: preempt.squeue_state(job) == "", deadline, poll=0.5)
+    finally:
+        preempt.cancel(job)
+    report = preempt.check(out, [(0, sent)])
+    log = next(tmp_path.glob("slurm-*.out")).read_text()
+    assert report.missing == [] and len(report.required) >= 5, report.summary()
+    [attempt] = report.attempts
+    assert (attempt.state, attempt.signal, attempt.last_part_marked, attempt.last_part_exit) == (
+        "preempted", "SIGTERM", True, 1), log
+    assert "task 0: Terminated" in log
+    _no_traceback(log)
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+@pytest.mark.timeout(200)
+def test_submitit_usr2_closes_the_run_then_submitit_requeues_into_the_same_run(slurm_cluster: str,
+                                                                             tmp_path: Path) -> None:
+    """submitit's own signal (``scancel -s USR2``) on a 2-task job: the run is closed with its mark before
+    submitit's handler checkpoints and requeues; no traceback and no W&B exit-hook error on any task; the next
+    attempt continues the same run id and finishes; no row lost."""
+    out, folder = tmp_path / "out", tmp_path / "submitit"
+    assert main(["submit", str(ROOT / "examples" / "preemptible_train.py"), "--executor", "slurm",
+                 "--tasks-per-node", "2", "--folder", str(folder), "--time", "5", "--job-name", "sdxl-test-usr2",
+                 "--", str(out), "--steps", "40", "--step-time", "0.1"]) == 0
+    job = next(folder.glob("*_submitted.pkl")).name.split("_")[0]
+    deadline = time.monotonic() + 180
+    try:
+        sent = preempt.signal_at(out, job, "usr2", attempt=0, after_steps=5, offset=0.05, deadline=deadline)
+        preempt.wait_for("attempt 2", lambda: (preempt.release(job) or True) and any(
+            a == 1 for a, _, _ in preempt.progress(out)), deadline, poll=0.3)
+        preempt.wait_for("the job to end", lambda: preempt.squeue_state(job) == "", deadline, poll=0.5)
+    finally:
+        preempt.cancel(job)
+    report = preempt.check(out, [(0, sent)])
+    errors = "".join(p.read_text() for p in folder.glob("*.err"))
+    assert report.missing == [], report.summary()
+    assert report.run_ids == {f"slurm-{job}"}
+    assert [(a.state, a.signal, a.last_part_marked) for a in report.attempts] == [
+        ("preempted", "SIGUSR2", True), ("finished", None, False)], errors
+    _no_traceback(errors)
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+@pytest.mark.timeout(200)
+def test_sbatch_template_usr1_before_the_time_limit_requeues_torchrun_into_the_same_run(
+        slurm_cluster: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--signal=B:USR1@N`` (sent by hand: ``scancel --batch --signal=USR1``): the template's trap requeues; SLURM's
+    SIGTERM reaches torchrun, both workers (twice: torchrun forwards it) and wandb-core. The run is closed with its
+    mark, no row is lost, and the requeued job continues the same run id."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+           "TRAIN_SCRIPT": str(ROOT / "examples" / "preemptible_train.py"), "NPROC_PER_NODE": "2"}
+    env.pop("TRAIN_MODULE", None)
+    out = tmp_path / "out"
+    job = preempt.sbatch("slurm/train.sbatch", cwd=ROOT, env=env, args=[str(out), "--steps", "40"],
+                         options=[f"--output={tmp_path}/train-%j.out", "--job-name=sdxl-test-usr1"])
+    deadline = time.monotonic() + 180
+    try:
+        sent = preempt.signal_at(out, job, "batch-usr1", attempt=0, after_steps=5, offset=0.05, deadline=deadline)
+        preempt.wait_for("attempt 2", lambda: (preempt.release(job) or True) and any(
+            a == 1 for a, _, _ in preempt.progress(out)), deadline, poll=0.3)
+        preempt.wait_for("the job to end", lambda: preempt.squeue_state(job) == "", deadline, poll=0.5)
+    finally:
+        preempt.cancel(job)
+    report = preempt.check(out, [(0, sent)])
+    log = next(tmp_path.glob("train-*.out")).read_text()
+    assert report.missing == [], report.summary()
+    assert report.run_ids == {f"slurm-{job}"}
+    assert [(a.state, a.signal, a.last_part_marked, a.last_part_exit) for a in report.attempts] == [
+        ("preempted", "SIGTERM", True, 1), ("finished", None, False, 0)], log
+    assert "USR1: time limit near; requeueing" in log and "srun exited with status 0" in log
+    # what docs/slurm.md shows of this run: inspect's attempts, the journal, the parts wandb sync would upload
+    assert main(["inspect", str(out / "wandb")]) == 0
+    shown = capsys.readouterr().out.splitlines()
+    attempts = shown[shown.index(f"attempts of run slurm-{job}: 2"):]
+    assert re.fullmatch(r"  1\. \S+: steps 0\.\.\d+, preempted by SIGTERM at step \d+, run closed [\d.]+ s later",
+                        attempts[1]), attempts
+    assert attempts[-1].endswith("in the run: no gap") and "finished" in attempts[-3], attempts
+    assert not list((out / "wandb" / "journal" / f"slurm-{job}").glob("*.rows-*.jsonl"))  # all held: events only

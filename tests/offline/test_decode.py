@@ -130,3 +130,14 @@ def test_artifacts_versions_aliases_metadata(full_run: OfflineRun) -> None:
     assert v0.digest and v1.digest and v0.digest != v1.digest
     (plain,) = full_run.artifact_versions("plain")
     assert plain.aliases == ["latest"] and plain.metadata == {}  # wandb adds "latest" itself
+
+
+def test_count_records_counts_by_kind_and_resumes_from_its_offset(full_run: OfflineRun) -> None:
+    """``count_records`` of a real run: the reader's record counts, and nothing more from the offset it returned."""
+    from sdxl_dist_log.offline.decode import count_records
+
+    path = full_run.wandb_file
+    counts, offset = count_records(path)
+    assert dict(counts) == full_run.record_counts and offset == path.stat().st_size
+    again, same = count_records(path, offset)
+    assert sum(again.values()) == 0 and same == offset
