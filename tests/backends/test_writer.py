@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from sdxl_dist_log.backends.journal import Journal, pending_seqs, read_attempt, read_attempts
 from sdxl_dist_log.backends.journaled import JournaledBackend
@@ -76,6 +77,12 @@ class FakeSession:
     def log_images(self, key: str, files: Sequence[str], captions: Sequence[str | None], step: int) -> None:
         assert all(Path(f).exists() for f in files)
         self._send("history", {key: list(files), STEP: step})
+
+    def log_table(self, key: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], files: Sequence[str],
+                  step: int) -> None:
+        assert all(Path(f).exists() for f in files)
+        cells = [[files[c["image"]] if isinstance(c, dict) else c for c in row] for row in rows]
+        self._send("history", {key: {"columns": list(columns), "rows": cells}, STEP: step})
 
     def log_artifact(self, path: str, *, name: str, type: str, aliases: Sequence[str],
                      metadata: Mapping[str, Any]) -> None:
@@ -166,6 +173,34 @@ def test_images_are_journaled_as_png_files_and_logged_from_them(tmp_path: Path) 
     assert kind == "history" and value[STEP] == 2 and [Path(f).suffix for f in value["sample/images"]] == [".png"] * 2
     media = read_attempt(backend.journal.events_path).media
     assert media == {0: value["sample/images"]}
+
+
+def test_a_table_with_image_cells_is_journaled_and_an_unwritten_one_is_taken_over_with_its_pngs(
+        tmp_path: Path) -> None:
+    """A table's image cells become PNG files in the journal; a table the run file does not hold when the process
+    ends (its service died, no new one) is written by the next attempt, image cells included."""
+    session = FakeSession()
+    backend = _backend(tmp_path, session)
+    session.kill()
+    session.restart_ok = False
+    backend.log_table("validation/samples", ["prompt", "image"],
+                      [["a cat", np.full((4, 4, 3), 7, np.uint8)], ["a dog", None]], step=5)
+    backend.finish(1, WAIT_S)
+    assert session.part.file == []
+    log = read_attempt(backend.journal.events_path)
+    assert [e["kind"] for e in log.entries.values()] == ["table"] and len(log.media[0]) == 1
+
+    later = FakeSession()
+    taken = _backend(tmp_path, later, Journal(tmp_path / "journal", run_id=later.run_id))
+    assert taken.take_over() == 1
+    _sync(taken)
+    [table] = [value for kind, value in later.part.sent if kind == "history"]
+    assert table[STEP] == 5 and table["validation/samples"]["columns"] == ["prompt", "image"]
+    (prompt, png), second = table["validation/samples"]["rows"]
+    assert prompt == "a cat" and second == ["a dog", None]
+    assert png != log.media[0][0] and (np.asarray(Image.open(png)) == 7).all()  # a copy in this attempt's journal
+    taken.finish(0, WAIT_S)
+    assert [kind for kind, _ in later.part.file] == ["history", "summary", "exit"]
 
 
 def test_a_refused_config_or_artifact_costs_that_call_only(tmp_path: Path) -> None:
