@@ -28,7 +28,7 @@ from typing import Any
 from accelerate.tracking import GeneralTracker
 
 from sdxl_dist_log.config import WandbConfig
-from sdxl_dist_log.integrations.session import LoggerSession, adapter_config
+from sdxl_dist_log.integrations.session import LoggerSession, adapter_config, log_split
 
 __all__ = ["SdxlTracker"]
 
@@ -81,8 +81,12 @@ class SdxlTracker(GeneralTracker):
     def log(self, values: Mapping[str, Any], step: int | None = None, **kwargs: Any) -> None:
         """``accelerator.log``: write the main process's values as they are, without a collective.
 
+        Scalars go in one row (``wb.main_process.log_metrics``), images under ``<key>/images``; without ``step``
+        they land at the last step.
+
         Raises:
             RuntimeError: a multi-process job has not started the logger yet (no rank-aware call was made).
+            MetricValueError: a value is neither a number nor images (named).
         """
         wb = self.session.wb
         if wb is None:
@@ -91,8 +95,7 @@ class SdxlTracker(GeneralTracker):
                                    "rank: call tracker.log_all_ranks(...) or touch tracker.wandb_logger on every "
                                    "rank before accelerator.log")
             wb = self._started()
-        if wb.run is not None:  # without a step, W&B carries the last one over (the step metric is step_sync'ed)
-            wb.run.log({**dict(values), **({} if step is None else {wb.config.step_metric: step})})
+        log_split(wb.main_process, values, step)  # through the logger's journal and writer: preemption-safe
 
     def finish(self) -> None:
         """Close the run (``end_training`` calls this on the main process; call it on the others yourself)."""

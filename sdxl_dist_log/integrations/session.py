@@ -65,16 +65,21 @@ class LoggerSession:
         Every rank must pass the same keys with values of the same kind (images or not); an image key may hold
         ``[]`` on ranks that have none. Images land under ``<key>/images``.
         """
-        split = split_values(values)
-        wb = self.get()
-        if split.scalars:
-            wb.log_metrics(split.scalars, step=step)
-        for key, (images, captions) in split.images.items():
-            labelled = None if all(c is None for c in captions) else captions
-            wb.log_images(images, captions=labelled, step=step, prefix=key)
+        log_split(self.get(), values, step)
 
     def finish(self, exit_code: int = 0) -> None:
         """Finish the run (every rank); a session that never started has nothing to finish. Idempotent."""
         if self.wb is not None and not self.finished:
             self.finished = True
             self.wb.finish(exit_code)
+
+
+def log_split(target: Any, values: Mapping[str, Any], step: int | None) -> None:
+    """Log a framework's mixed dict through ``target`` (a ``WandbLogger``, or its ``main_process``): the scalars in
+    one ``log_metrics``, then one ``log_images`` per image key, under ``<key>/images``."""
+    split = split_values(values)
+    if split.scalars:
+        target.log_metrics(split.scalars, step=step)
+    for key, (images, captions) in split.images.items():
+        target.log_images(images, captions=None if all(c is None for c in captions) else captions, step=step,
+                          prefix=key)

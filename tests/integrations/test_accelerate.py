@@ -65,6 +65,8 @@ def _diffusers_style_training(out: str, rank: int) -> dict[str, Any]:
         images = [Image.fromarray(np.full((16, 16, 3), 60 * rank + 40 * i, dtype=np.uint8)) for i in range(2)]
         tracker.log_all_ranks({"validation": [wandb.Image(image, caption=f"{i}: prompt of rank {rank}")
                                               for i, image in enumerate(images)]}, step=global_step)
+        if accelerator.is_main_process:  # diffusers' log_validation with Accelerate's tracker: main process only
+            accelerator.log({"main_validation": [wandb.Image(images[0], caption="main 0")], "val_score": 0.25})
     seen["run"] = accelerator.get_tracker("wandb", unwrap=True) is not None if accelerator.is_main_process else None
     seen["run_dir"] = tracker.wandb_logger.run_dir if accelerator.is_main_process else None
     tracker.finish()  # every rank; end_training finishes trackers on the main process only
@@ -93,6 +95,10 @@ def test_a_diffusers_style_loop_logs_reduced_metrics_every_ranks_images_and_chec
     captions = validation["validation/images"]["captions"]
     assert sorted(captions) == ["[rank 0] 0: prompt of rank 0", "[rank 0] 1: prompt of rank 0",
                                 "[rank 1] 0: prompt of rank 1", "[rank 1] 1: prompt of rank 1"]
+    [main_validation] = run.rows_with("main_validation/images")  # no step: the last one
+    assert main_validation[run.step_metric] == STEPS
+    assert [(r[run.step_metric], r["val_score"]) for r in run.rows_with("val_score")] == [(STEPS, 0.25)]
+    assert main_validation["main_validation/images"]["captions"] == ["main 0"]
     [artifact] = run.artifacts
     assert artifact.name == "ckpt" and "latest" in artifact.aliases and artifact.files
     assert run.config["learning_rate"] == 0.1 and run.config["hub_token"] != "hf_secret"
