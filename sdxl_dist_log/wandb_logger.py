@@ -151,7 +151,7 @@ class WandbLogger:
             timeout=2 * cfg.init_timeout + cfg.collective_timeout,
         )
         identity = RunIdentity.from_json(shared) if shared is not None else RunIdentity("local", "local", None, None)
-        if self.is_primary:
+        if self.is_primary and backend is None:  # a given backend (tests, benchmarks) has no run to point at
             announce(self._log, start_line(identity, getattr(self._backend.run, "url", None)))
         return identity
 

@@ -139,3 +139,13 @@ def test_offline_run_handle_start_line_and_missing_checkpoint(tmp_path: Any, in_
     lines = out["stderr"].splitlines()
     assert lines == [f"sdxl_dist_log: W&B run {out['identity']} (offline) job_type=train-single in {out['run_dir']}; "
                      f"upload it later with: wandb sync {out['run_dir']}"]
+
+
+def test_a_given_backend_has_no_start_line_pointing_at_a_run_directory(tmp_path: Any, capsys: Any) -> None:
+    """``backend=NullBackend()`` (tests, benchmarks) writes no W&B run: no line may send a user to ``wandb sync``."""
+    from sdxl_dist_log.backends.base import NullBackend
+
+    with WandbLogger(mode="offline", dir=str(tmp_path), log_system_metrics=False, backend=NullBackend()) as wb:
+        assert wb.log_metrics({"loss": 1.0}, step=0) == {"metrics/loss": 1.0}
+        assert wb.run_dir is None
+    assert "wandb sync" not in capsys.readouterr().err
