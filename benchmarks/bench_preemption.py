@@ -93,7 +93,7 @@ def _figures(out: Path, signals: list[tuple[int, float]]) -> dict:
     report = preempt.check(out, signals)
     sent = dict(signals)
     closes, from_command = [], []
-    from sdxl_dist_log.backends.journal import read_attempts
+    from sdxl_dist_log.journal import read_attempts
 
     for run_id in report.run_ids:
         for attempt, log in enumerate(read_attempts(out / "wandb" / "journal" / run_id)):

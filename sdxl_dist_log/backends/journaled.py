@@ -17,7 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from sdxl_dist_log.backends.journal import (
+from sdxl_dist_log.backends.writer import Op, Refused, Reply, RunWriter, Session
+from sdxl_dist_log.errors import LoggingInputError
+from sdxl_dist_log.journal import (
     MEDIA_KINDS,
     Counts,
     Journal,
@@ -26,8 +28,6 @@ from sdxl_dist_log.backends.journal import (
     settle,
     step_range,
 )
-from sdxl_dist_log.backends.writer import Op, Refused, Reply, RunWriter, Session
-from sdxl_dist_log.errors import LoggingInputError
 
 CALL_TIMEOUT_S = 60.0
 """How long a config update waits for the writer to say whether W&B took it (a new service may be starting)."""

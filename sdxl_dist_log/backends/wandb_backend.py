@@ -22,10 +22,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from sdxl_dist_log.backends.base import NullBackend
-from sdxl_dist_log.backends.journal import Journal, journal_root
 from sdxl_dist_log.backends.journaled import JournaledBackend
 from sdxl_dist_log.config import WandbConfig
 from sdxl_dist_log.identity import RunIdentity
+from sdxl_dist_log.journal import Journal, journal_root
 from sdxl_dist_log.secrets import scrub_argv, scrub_text
 
 _log = logging.getLogger("sdxl_dist_log")

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from sdxl_dist_log.backends.journal import (
+from sdxl_dist_log.journal import (
     ENTRIES_PER_SEGMENT,
     MEDIA_KINDS,
     ROW_KINDS,

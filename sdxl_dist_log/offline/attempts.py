@@ -2,7 +2,7 @@
 
 A requeued job is one W&B run (one run id) written by several attempts, and an attempt can write more than one part
 (``offline-run-*`` directory): a new part each time its W&B service died. The logger's journal
-(``<WandbConfig.dir>/journal/<run id>/``, see ``sdxl_dist_log.backends.journal``) says which parts belong to which
+(``<WandbConfig.dir>/journal/<run id>/``, see ``sdxl_dist_log.journal``) says which parts belong to which
 attempt and how each attempt ended; without a journal (a run written by plain wandb), each part counts as an attempt
 and its end is read from its file (exit record, preempting mark).
 """
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sdxl_dist_log.backends.journal import JOURNAL_DIR, AttemptLog, read_attempts, step_range
+from sdxl_dist_log.journal import JOURNAL_DIR, AttemptLog, read_attempts, step_range
 from sdxl_dist_log.offline.model import OfflineRun
 
 

@@ -148,7 +148,7 @@ def check(out: Path, signals: Sequence[tuple[int, float]]) -> Report:
         signals: ``(attempt, time the signal was sent)`` for every preempted attempt; a later attempt counts as
             finished (all its steps are required).
     """
-    from sdxl_dist_log.backends.journal import read_attempts
+    from sdxl_dist_log.journal import read_attempts
     from sdxl_dist_log.offline import find_run_dirs, read_run
 
     sent = dict(signals)

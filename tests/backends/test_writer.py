@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdxl_dist_log.backends.journal import Journal, pending_seqs, read_attempt, read_attempts
 from sdxl_dist_log.backends.journaled import JournaledBackend
 from sdxl_dist_log.errors import LoggingInputError
+from sdxl_dist_log.journal import Journal, pending_seqs, read_attempt, read_attempts
 
 pytestmark = pytest.mark.timeout(60)
 WAIT_S = 30.0

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sdxl_dist_log.backends.journal import Journal, journal_root
+from sdxl_dist_log.journal import Journal, journal_root
 from sdxl_dist_log.offline import OfflineRun, attempts_of, format_attempts, step_gaps
 
 

@@ -1,4 +1,4 @@
-"""The journal (sdxl_dist_log/backends/journal.py): entries on disk in order, events, segments deleted once held,
+"""The journal (sdxl_dist_log/journal.py): entries on disk in order, events, segments deleted once held,
 and the pure reckoning of which entries a run's files hold.
 
 Run files are stood in for by a counting function (the real one, ``offline.decode.count_records``, is tested with
@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sdxl_dist_log.backends import journal as journal_module
-from sdxl_dist_log.backends.journal import (
+from sdxl_dist_log import journal as journal_module
+from sdxl_dist_log.journal import (
     ENTRIES_PER_SEGMENT,
     Journal,
     durable_prefix,
