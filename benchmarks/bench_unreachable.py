@@ -1,7 +1,7 @@
 """An online run whose W&B server cannot be reached: how long until every rank logs offline, and until the process
 exits once ``finish()`` returned. Ours beside the plain-wandb pattern most scripts use.
 
-Servers (real local sockets, as in tests/backends/test_unreachable.py):
+Servers (real local sockets, from sdxl_dist_log.testing.servers, as the tests use them):
 - ``closed``: a port nothing listens on (connection refused);
 - ``silent``: a listener that accepts every connection and never answers (a proxy or firewall that swallows it);
 - ``bad-key``: a malformed API key (the silent listener behind it).
@@ -27,13 +27,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import textwrap
-import threading
 import time
+
+from sdxl_dist_log.testing.servers import SilentServer, closed_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -89,37 +89,6 @@ RANKS = textwrap.dedent("""
 
     print(json.dumps(values_or_raise(run_ranks(body, 2, timeout=300, env=dict(__import__("os").environ)))))
 """)
-
-
-class SilentServer:
-    """Accepts, reads, never answers."""
-
-    def __init__(self) -> None:
-        self._socket = socket.socket()
-        self._socket.bind(("127.0.0.1", 0))
-        self._socket.listen(128)
-        self.port = self._socket.getsockname()[1]
-        self._held: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self._socket.accept()
-            except OSError:
-                return
-            self._held.append(conn)
-
-    def close(self) -> None:
-        self._socket.close()
-        for conn in self._held:
-            conn.close()
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def run_script(script: str, init_timeout: float, port: int, key: str) -> tuple[dict | list, float]:

@@ -16,7 +16,7 @@ import pytest
 
 from sdxl_dist_log.errors import MetricKeyMismatchError, MetricValueError, RanksOutOfStepError
 from sdxl_dist_log.framing import CallInfo
-from sdxl_dist_log.metrics import MetricPlan, Reduce, reduce_union, resolve_reduce
+from sdxl_dist_log.metrics import HEADER_SIZE, MetricPlan, reduce_rows, reduce_union, resolve_reduce
 from sdxl_dist_log.reduction import MetricReducer
 from sdxl_dist_log.testing.simulate import SimulatedJob
 from sdxl_dist_log.topology import Layout
@@ -25,31 +25,11 @@ OPS = ("mean", "sum", "min", "max", "per_rank", "local")
 U = 2.0**-53
 
 
-# -- the reference: the full-matrix reduction of every rank before the two-level path (metrics.reduce_rows) --------
+# -- the reference: the full-matrix reduction of every rank's row (metrics.reduce_rows, pinned by test_metrics.py
+# with spelled-out values), what one all_gather gave every rank before the two-level path ---------------------------
 def reference_reduce_rows(plan: MetricPlan, values: np.ndarray, *, primary_rank: int = 0) -> dict[str, float]:
-    reduced = np.empty(len(plan.keys), dtype=np.float64)
-    for op, columns in plan.op_columns.items():
-        if op is not Reduce.PER_RANK:
-            reduced[columns] = _reference_columns(op, values[:, columns], min(primary_rank, len(values) - 1))
-    out = dict(zip(plan.keys, reduced.tolist()))
-    for j in plan.op_columns.get(Reduce.PER_RANK, ()):
-        key = plan.keys[j]
-        del out[key]
-        for r, x in enumerate(values[:, j].tolist()):
-            out[f"{key}/rank{r}"] = x
-    return out
-
-
-def _reference_columns(op: Reduce, columns: np.ndarray, primary_index: int = 0) -> np.ndarray:
-    if op is Reduce.MEAN:
-        return np.sum(columns, axis=0) / len(columns)
-    if op is Reduce.SUM:
-        return np.sum(columns, axis=0)
-    if op is Reduce.MIN:
-        return np.min(columns, axis=0)
-    if op is Reduce.MAX:
-        return np.max(columns, axis=0)
-    return columns[primary_index]
+    rows = np.hstack([np.zeros((len(values), HEADER_SIZE)), values])  # reduce_rows skips the call header
+    return reduce_rows(plan, rows, primary_rank=primary_rank)
 
 
 # -- random inputs --------------------------------------------------------------------------------------------------

@@ -5,5 +5,6 @@ Doubles are passed in through constructors (``WandbLogger(nvml=FakeNvml(2))``), 
 - ``fake_nvml``, ``fake_cuda``: an NVML with simulated GPUs and a torch.cuda stand-in, for machines without GPUs;
 - ``probe``: counts collectives (with group sizes and bytes) and CUDA host syncs;
 - ``wandb_env``: a private, offline W&B environment under a folder;
+- ``servers``: a W&B server that never answers and a closed port, as real local sockets;
 - ``browser``: opens a report in the system's headless Chromium (Playwright) and says what it drew.
 """

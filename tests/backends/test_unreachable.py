@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -35,6 +33,7 @@ import pytest
 from sdxl_dist_log.backends.wandb_backend import MIN_ONLINE_ATTEMPT_S
 from sdxl_dist_log.config import WandbConfig
 from sdxl_dist_log.launch.local import run_ranks, values_or_raise
+from sdxl_dist_log.testing.servers import SilentServer, closed_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -43,63 +42,11 @@ FINISHED = b"FINISHED-MARKER"
 PROCESS_TIMEOUT_S = 120  # a hang's bound, not a measurement
 
 
-class SilentServer:
-    """Accepts every connection, reads what it is sent, never answers; keeps each connection's first bytes in order.
-
-    The child sends ``FINISHED`` on a connection of its own once ``finish()`` has returned, so ``after_finish`` is
-    what reached the server from then until the child's exit.
-    """
-
-    def __init__(self) -> None:
-        self._socket = socket.socket()
-        self._socket.bind(("127.0.0.1", 0))
-        self._socket.listen(64)
-        self.port = self._socket.getsockname()[1]
-        self.received: list[bytes] = []
-        self._open: list[socket.socket] = []
-        self._lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self._socket.accept()
-            except OSError:
-                return
-            self._open.append(conn)
-            threading.Thread(target=self._read, args=(conn,), daemon=True).start()
-
-    def _read(self, conn: socket.socket) -> None:
-        try:
-            data = conn.recv(65536)
-        except OSError:
-            return
-        with self._lock:
-            self.received.append(data)
-
-    @property
-    def after_finish(self) -> list[bytes]:
-        with self._lock:
-            marks = [i for i, data in enumerate(self.received) if data.startswith(FINISHED)]
-            return self.received[marks[0] + 1:] if marks else []
-
-    def close(self) -> None:
-        self._socket.close()
-        for conn in self._open:
-            conn.close()
-
-
 @pytest.fixture
 def silent_server() -> Iterator[SilentServer]:
     server = SilentServer()
     yield server
     server.close()
-
-
-def _closed_port() -> int:
-    with socket.socket() as sock:  # bound then closed: nothing listens there, connections are refused
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _child_env(tmp_path: Path, port: int, key: str) -> dict[str, str]:
@@ -184,16 +131,16 @@ def test_a_server_that_never_answers(tmp_path: Path, silent_server: SilentServer
     # the run's upsert (retried until init_timeout), and wandb-core's own telemetry while it runs
     assert paths <= {b"/graphql", b"/sdk/otel/v1/metrics", b"/sdk/otel/v1/logs"}, paths
     assert not any(b"viewer" in data.lower() for data in requests)  # no user-name lookup outside the bound
-    assert silent_server.after_finish == []  # no telemetry export at exit
+    assert silent_server.received_after(FINISHED) == []  # no telemetry export at exit
     assert len(list((Path(result["run_dir"]).parent).glob("*-keepmyid"))) == 1  # the failed attempt's dir is gone
 
 
 def test_a_closed_port(tmp_path: Path, silent_server: SilentServer) -> None:
-    result = _run_script(tmp_path, _closed_port(), marker_port=silent_server.port)
+    result = _run_script(tmp_path, closed_port(), marker_port=silent_server.port)
     assert result["mode"] == "offline" and result["run_id"] == "keepmyid"
     assert "connection refused" in result["reason"]
     assert [d for d in silent_server.received if not d.startswith(FINISHED)] == []
-    assert silent_server.after_finish == []
+    assert silent_server.received_after(FINISHED) == []
 
 
 def test_a_malformed_key_is_rejected_without_asking_the_server(tmp_path: Path, silent_server: SilentServer) -> None:
