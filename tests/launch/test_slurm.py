@@ -471,14 +471,7 @@ def test_submitit_usr2_closes_the_run_then_submitit_requeues_into_the_same_run(s
                  "--tasks-per-node", "2", "--folder", str(folder), "--time", "5", "--job-name", "sdxl-test-usr2",
                  "--", str(out), "--steps", "40", "--step-time", "0.1"]) == 0
     job = next(folder.glob("*_submitted.pkl")).name.split("_")[0]
-    deadline = time.monotonic() + 180
-    try:
-        sent = preempt.signal_at(out, job, "usr2", attempt=0, after_steps=5, offset=0.05, deadline=deadline)
-        preempt.wait_for("attempt 2", lambda: (preempt.release(job) or True) and any(
-            a == 1 for a, _, _ in preempt.progress(out)), deadline, poll=0.3)
-        preempt.wait_for("the job to end", lambda: preempt.squeue_state(job) == "", deadline, poll=0.5)
-    finally:
-        preempt.cancel(job)
+    sent = preempt.preempt_and_resume(out, job, "usr2", deadline=time.monotonic() + 180)
     report = preempt.check(out, [(0, sent)])
     errors = "".join(p.read_text() for p in folder.glob("*.err"))
     assert report.missing == [], report.summary()
@@ -502,14 +495,7 @@ def test_sbatch_template_usr1_before_the_time_limit_requeues_torchrun_into_the_s
     out = tmp_path / "out"
     job = preempt.sbatch("slurm/train.sbatch", cwd=ROOT, env=env, args=[str(out), "--steps", "40"],
                          options=[f"--output={tmp_path}/train-%j.out", "--job-name=sdxl-test-usr1"])
-    deadline = time.monotonic() + 180
-    try:
-        sent = preempt.signal_at(out, job, "batch-usr1", attempt=0, after_steps=5, offset=0.05, deadline=deadline)
-        preempt.wait_for("attempt 2", lambda: (preempt.release(job) or True) and any(
-            a == 1 for a, _, _ in preempt.progress(out)), deadline, poll=0.3)
-        preempt.wait_for("the job to end", lambda: preempt.squeue_state(job) == "", deadline, poll=0.5)
-    finally:
-        preempt.cancel(job)
+    sent = preempt.preempt_and_resume(out, job, "batch-usr1", deadline=time.monotonic() + 180)
     report = preempt.check(out, [(0, sent)])
     log = next(tmp_path.glob("train-*.out")).read_text()
     assert report.missing == [], report.summary()
