@@ -97,6 +97,20 @@ def signal_at(out: Path, job_id: str, how: str, *, attempt: int, after_steps: in
     return send(job_id, how)
 
 
+def preempt_and_resume(out: Path, job_id: str, how: str, *, deadline: float, after_steps: int = 5,
+                       offset: float = 0.05) -> float:
+    """Signal the first attempt (as :func:`signal_at`), start the requeued job at once, and wait until a second
+    attempt logged and the job ended; cancels the job whatever happens. Returns the sending time."""
+    try:
+        sent = signal_at(out, job_id, how, attempt=0, after_steps=after_steps, offset=offset, deadline=deadline)
+        wait_for("attempt 2", lambda: (release(job_id) or True) and any(a == 1 for a, _, _ in progress(out)),
+                 deadline, poll=0.3)
+        wait_for("the job to end", lambda: squeue_state(job_id) == "", deadline, poll=0.5)
+    finally:
+        cancel(job_id)
+    return sent
+
+
 @dataclass
 class AttemptReport:
     """How one attempt of a run ended, from its journal."""
