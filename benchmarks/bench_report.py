@@ -12,15 +12,15 @@ Two pages are written from it, side by side:
                  <= 1,000 buckets keeping each bucket's worst value
   every point    the same report with no downsampling (what plotting the history as logged gives)
 
-For each: seconds to read the run and to build and write the page, the file size, and in headless Chromium
-(Debian's, driven by Playwright: ``sdxl_dist_log.testing.browser``) the ms from navigation until the charts of the
-first screen (1400 x 900) are drawn (``data-first-screen``: the page is usable), then, scrolling a screen at a time
-as soon as the charts in view have drawn (the page draws a chart as it comes within a screen of the viewport), the
-longest wait of a screen for its charts, and the ms until every chart is drawn (``data-rendered``); the ms of the
-drawing alone (summed over charts), the wall time of the whole scroll-through, and the CPU seconds of the
-browser's processes meanwhile (which, unlike the times, other work on the machine barely changes). Browser figures
-are the median of --loads page loads; the load average is in the header line (on a shared machine the browser's
-times follow it).
+Seconds to read the run (``read_run``, and as the report reads it: without the summary), then for each page:
+seconds to build and write it, the file size, and in headless Chromium (Debian's, driven by Playwright:
+``sdxl_dist_log.testing.browser``) the ms from navigation until the charts of the first screen (1400 x 900) are
+drawn (``data-first-screen``: the page is usable), then, scrolling a screen at a time as soon as the charts in view
+have drawn (the page draws a chart as it comes within a screen of the viewport), the longest wait of a screen for
+its charts, and the ms until every chart is drawn (``data-rendered``); the ms of the drawing alone (summed over
+charts), the wall time of the whole scroll-through, and the CPU seconds of the browser's processes meanwhile
+(which, unlike the times, other work on the machine barely changes). Browser figures are the median of --loads
+page loads; the load average is in the header line (on a shared machine the browser's times follow it).
 
 Run:      python benchmarks/bench_report.py                       # --rows 10000 --nodes 4 --gpus 8 --loads 3
 Smaller:  python benchmarks/bench_report.py --rows 2000 --nodes 1 --gpus 2
@@ -43,6 +43,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_metrics import machine_line  # noqa: E402
 
+from sdxl_dist_log.offline import find_run_dirs, read_run  # noqa: E402
 from sdxl_dist_log.report import ReportOptions, load_runs, merge_attempts, report_html  # noqa: E402
 from sdxl_dist_log.testing.browser import open_report  # noqa: E402
 from sdxl_dist_log.testing.wandb_env import wandb_environment  # noqa: E402
@@ -157,13 +158,18 @@ def main() -> None:
         made = make_run(folder, args.rows, args.nodes, args.gpus)
         print(f"run written by wandb in {made:.1f} s: {args.rows} rows, {args.nodes} nodes x {args.gpus} GPUs")
 
+    (run_dir,) = find_run_dirs(folder)
+    start = time.perf_counter()
+    whole = read_run(run_dir)
+    read_s = time.perf_counter() - start
+    del whole
     start = time.perf_counter()
     runs = load_runs([folder])
-    read_s = time.perf_counter() - start
+    load_s = time.perf_counter() - start
     merged = merge_attempts(runs)
     keys = {k for row in merged.rows for k in row}
     print(f"read_run: {read_s:.2f} s for {len(merged.rows)} rows, {len(keys)} keys, "
-          f"{sum(len(r) for r in merged.rows):,} values")
+          f"{sum(len(r) for r in merged.rows):,} values; the report's read (no summary): {load_s:.2f} s")
 
     pages = [("downsampled", ReportOptions())]
     if not args.no_full:

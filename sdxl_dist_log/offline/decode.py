@@ -181,16 +181,17 @@ def _telemetry_dict(telemetry: Any) -> dict[str, Any]:
     return data
 
 
-def decode_records(run: OfflineRun, records: Iterable[Any]) -> None:
+def decode_records(run: OfflineRun, records: Iterable[Any], *, summary: bool = True) -> None:
     """Fold ``records`` (``Record`` protobufs, in file order) into ``run``: identity, config, history, summary, ...
 
     Args:
         run: the run to fill; its ``config``, ``summary``, ``files`` and ``record_counts`` are replaced.
         records: e.g. a :class:`RecordReader`.
+        summary: False leaves ``run.summary`` empty and skips the items of the summary records (still counted).
     """
     counts: Counter[str] = Counter()
     config: dict[str, Any] = {}
-    summary: dict[str, Any] = {}
+    folded: dict[str, Any] = {}
     seen_artifacts: dict[str, list[str]] = {}
     files: dict[str, None] = {}
     for record in records:
@@ -199,7 +200,8 @@ def decode_records(run: OfflineRun, records: Iterable[Any]) -> None:
         if kind == "history":
             run.history.append(history_row(record.history))
         elif kind == "summary":
-            fold_update(summary, record.summary)
+            if summary:
+                fold_update(folded, record.summary)
         elif kind == "config":
             fold_update(config, record.config)
         elif kind == "run":
@@ -221,8 +223,8 @@ def decode_records(run: OfflineRun, records: Iterable[Any]) -> None:
                 run.start_time = r.start_time.seconds + r.start_time.nanos / 1e9
             if r.HasField("config"):
                 fold_update(config, r.config)
-            if r.HasField("summary"):
-                fold_update(summary, r.summary)
+            if summary and r.HasField("summary"):
+                fold_update(folded, r.summary)
             if r.HasField("telemetry"):
                 run.telemetry = _telemetry_dict(r.telemetry)
         elif kind == "artifact":
@@ -249,8 +251,8 @@ def decode_records(run: OfflineRun, records: Iterable[Any]) -> None:
         elif kind == "preempting":
             run.preempting = True
     config.pop(_INTERNAL_KEY, None)
-    summary.pop(_INTERNAL_KEY, None)
+    folded.pop(_INTERNAL_KEY, None)
     run.config = finish_fold(config)
-    run.summary = flatten(finish_fold(summary))
+    run.summary = flatten(finish_fold(folded))
     run.files = list(files)
     run.record_counts = dict(counts)

@@ -155,3 +155,15 @@ def test_a_long_summary_keeps_the_last_value_of_every_key() -> None:
     for record in records:
         fold_update(got, record)
     assert finish_fold(got) == {**{f"k{i}": 49 - (49 - i) % 7 for i in range(7)}, "step": 49}
+
+
+def test_read_run_without_summary_skips_only_the_summary(full_run: OfflineRun) -> None:
+    """``summary=False`` (the report's read): the summary stays empty, its records still counted, all else equal."""
+    import dataclasses
+
+    from sdxl_dist_log.offline import read_run
+
+    bare = read_run(full_run.path, summary=False)
+    assert bare.summary == {} and full_run.summary
+    assert bare.record_counts == full_run.record_counts and bare.record_counts["summary"] >= 1
+    assert dataclasses.replace(bare, summary=full_run.summary) == full_run
