@@ -16,11 +16,12 @@ Works on the protobuf messages it is given (duck-typed); it imports neither wand
 from __future__ import annotations
 
 import json
+from json.scanner import make_scanner
 from typing import Any
 
 from sdxl_dist_log.offline.model import flatten
 
-_scan_once = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[attr-defined]
+_scan_once = make_scanner(json.JSONDecoder())
 
 
 def decode_json(text: str) -> Any:
