@@ -12,13 +12,15 @@ Two pages are written from it, side by side:
                  <= 1,000 buckets keeping each bucket's worst value
   every point    the same report with no downsampling (what plotting the history as logged gives)
 
-For each: seconds to read the run and to build and write the page, the file size, and in headless Chromium
-(Debian's, driven by Playwright: ``sdxl_dist_log.testing.browser``) the ms from navigation until every chart is
-drawn (``data-rendered``) and until the charts of the first screen (1400 x 900) are (``data-first-screen``: the
-page draws in page order and paints between charts), the ms of the drawing alone, the wall time around it, and the
-CPU seconds of the browser's processes meanwhile (which, unlike the times, other work on the machine barely
-changes). Browser figures are the median of --loads page loads; the load average is in the header line (on a
-shared machine the browser's times follow it).
+Seconds to read the run (``read_run``, and as the report reads it: without the summary), then for each page:
+seconds to build and write it, the file size, and in headless Chromium (Debian's, driven by Playwright:
+``sdxl_dist_log.testing.browser``) the ms from navigation until the charts of the first screen (1400 x 900) are
+drawn (``data-first-screen``: the page is usable), then, scrolling a screen at a time as soon as the charts in view
+have drawn (the page draws a chart as it comes within a screen of the viewport), the longest wait of a screen for
+its charts, and the ms until every chart is drawn (``data-rendered``); the ms of the drawing alone (summed over
+charts), the wall time of the whole scroll-through, and the CPU seconds of the browser's processes meanwhile
+(which, unlike the times, other work on the machine barely changes). Browser figures are the median of --loads
+page loads; the load average is in the header line (on a shared machine the browser's times follow it).
 
 Run:      python benchmarks/bench_report.py                       # --rows 10000 --nodes 4 --gpus 8 --loads 3
 Smaller:  python benchmarks/bench_report.py --rows 2000 --nodes 1 --gpus 2
@@ -41,6 +43,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_metrics import machine_line  # noqa: E402
 
+from sdxl_dist_log.offline import find_run_dirs, read_run  # noqa: E402
 from sdxl_dist_log.report import ReportOptions, load_runs, merge_attempts, report_html  # noqa: E402
 from sdxl_dist_log.testing.browser import open_report  # noqa: E402
 from sdxl_dist_log.testing.wandb_env import wandb_environment  # noqa: E402
@@ -155,20 +158,25 @@ def main() -> None:
         made = make_run(folder, args.rows, args.nodes, args.gpus)
         print(f"run written by wandb in {made:.1f} s: {args.rows} rows, {args.nodes} nodes x {args.gpus} GPUs")
 
+    (run_dir,) = find_run_dirs(folder)
+    start = time.perf_counter()
+    whole = read_run(run_dir)
+    read_s = time.perf_counter() - start
+    del whole
     start = time.perf_counter()
     runs = load_runs([folder])
-    read_s = time.perf_counter() - start
+    load_s = time.perf_counter() - start
     merged = merge_attempts(runs)
     keys = {k for row in merged.rows for k in row}
     print(f"read_run: {read_s:.2f} s for {len(merged.rows)} rows, {len(keys)} keys, "
-          f"{sum(len(r) for r in merged.rows):,} values")
+          f"{sum(len(r) for r in merged.rows):,} values; the report's read (no summary): {load_s:.2f} s")
 
     pages = [("downsampled", ReportOptions())]
     if not args.no_full:
         pages.append(("every point", ReportOptions(max_points=10**9, max_columns=10**9)))
     print()
-    print(f"{'page':<12} {'build+write s':>13} {'size MiB':>9} {'1st screen ms':>13} {'all drawn ms':>12} "
-          f"{'draw ms':>8} {'wall s':>7} {'browser CPU s':>13} {'charts':>6} {'errors':>6}")
+    print(f"{'page':<12} {'build+write s':>13} {'size MiB':>9} {'1st screen ms':>13} {'max wait ms':>11} "
+          f"{'all drawn ms':>12} {'draw ms':>8} {'wall s':>7} {'browser CPU s':>13} {'charts':>6} {'errors':>6}")
     results = {}
     for label, options in pages:
         out = Path(tmp.name) / f"{label.replace(' ', '_')}.html"
@@ -180,11 +188,13 @@ def main() -> None:
         size_mib = out.stat().st_size / 2**20
         row = (statistics.median(rendered), statistics.median(p.plot_ms for p in loads),
                statistics.median(p.wall_s for p in loads), statistics.median(p.first_screen_ms for p in loads),
-               statistics.median(p.cpu_s for p in loads))
+               statistics.median(p.cpu_s for p in loads),
+               statistics.median(max(p.screen_waits[1:], default=0.0) * 1000 for p in loads))
         results[label] = (build_s, size_mib, *row)
         errors = sum(len(p.errors) for p in loads)
-        print(f"{label:<12} {build_s:>13.2f} {size_mib:>9.2f} {row[3]:>13.0f} {row[0]:>12.0f} {row[1]:>8.0f} "
-              f"{row[2]:>7.2f} {row[4]:>13.2f} {len(loads[0].charts):>6} {errors:>6}")
+        drew = f"{min(sum(c.drew for c in p.charts) for p in loads)}/{len(loads[0].charts)}"
+        print(f"{label:<12} {build_s:>13.2f} {size_mib:>9.2f} {row[3]:>13.0f} {row[5]:>11.0f} {row[0]:>12.0f} "
+              f"{row[1]:>8.0f} {row[2]:>7.2f} {row[4]:>13.2f} {drew:>6} {errors:>6}")
     if len(results) == 2:
         down, full = results["downsampled"], results["every point"]
         print(f"\nevery point / downsampled: size x{full[1] / down[1]:.1f}, render x{full[2] / down[2]:.1f}, "

@@ -7,6 +7,7 @@ concern (each imports only the ones listed after it):
 * ``rundir``: find run directories and read one (:func:`read_run`, :func:`find_run_dirs`);
 * ``report``: the text summary that ``inspect`` prints (:func:`format_run`);
 * ``decode``: payloads -> ``Record`` protobufs -> values folded into the run (:func:`read_records`);
+* ``items``: the items of history, summary and config records -> rows and folded dicts, one pass each;
 * ``model``: :class:`OfflineRun`, :class:`OfflineArtifact`, key naming (:func:`flatten`);
 * ``logfile``: the file format as bytes: header, 32 KiB blocks, chunks, CRCs (:func:`iter_payloads`).
 

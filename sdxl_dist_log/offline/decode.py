@@ -1,4 +1,5 @@
-"""Record protobufs -> Python values: parse each payload as a ``Record`` and fold the records into an OfflineRun.
+"""Record protobufs -> Python values: parse each payload as a ``Record`` and fold the records into an OfflineRun
+(the items of history, summary and config records are decoded by ``items``).
 
 The only module of the package that touches wandb's protobuf classes, and only when a file is read: importing it
 imports neither wandb nor protobuf.
@@ -14,6 +15,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sdxl_dist_log.offline.items import finish_fold, fold_update, history_row, item_value
 from sdxl_dist_log.offline.logfile import ReadStatus, iter_payloads
 from sdxl_dist_log.offline.model import OfflineArtifact, OfflineRun, flatten
 
@@ -121,54 +123,6 @@ def count_records(path: str | os.PathLike[str], start: int = 0) -> tuple[Counter
     return counts, reader.status.good_offset
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Items -> values and nested dicts
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def _item_path(item: Any) -> list[str]:
-    return list(item.nested_key) if len(item.nested_key) else [item.key]
-
-
-def _item_value(item: Any) -> Any:
-    """The decoded value of a history/summary/config item (``value_json``, or the typed oneof if present)."""
-    if item.value_json:
-        try:
-            return json.loads(item.value_json)
-        except ValueError:
-            return item.value_json
-    which = item.WhichOneof("value") if "value" in {o.name for o in item.DESCRIPTOR.oneofs} else None
-    if which is None or which == "none":
-        return None
-    value = getattr(item, which)
-    if which == "json":
-        try:
-            return json.loads(value)
-        except ValueError:
-            return value
-    return value
-
-
-def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
-    node = tree
-    for part in path[:-1]:
-        child = node.get(part)
-        if not isinstance(child, dict):
-            child = node[part] = {}
-        node = child
-    node[path[-1]] = value
-
-
-def _del_path(tree: dict[str, Any], path: list[str]) -> None:
-    node: Any = tree
-    for part in path[:-1]:
-        node = node.get(part) if isinstance(node, dict) else None
-        if node is None:
-            return
-    if isinstance(node, dict):
-        node.pop(path[-1], None)
-
-
 def _message_dict(message: Any) -> dict[str, Any]:
     from google.protobuf.json_format import MessageToDict
 
@@ -219,28 +173,6 @@ def _decode_artifact(record: Any, seen: dict[str, list[str]]) -> OfflineArtifact
     )
 
 
-def apply_update(tree: dict[str, Any], record: Any) -> None:
-    """Fold a ``ConfigRecord`` or ``SummaryRecord`` into a nested dict: set its ``update`` items, drop its ``remove``s.
-
-    Both record types carry the same ``update``/``remove`` lists of ``key``/``nested_key``/``value_json`` items, so
-    config and summary are folded the same way; a nested key sets or drops one leaf of a nested dict.
-    """
-    for item in record.update:
-        _set_path(tree, _item_path(item), _item_value(item))
-    for item in record.remove:
-        _del_path(tree, _item_path(item))
-
-
-def _history_row(record: Any) -> dict[str, Any]:
-    tree: dict[str, Any] = {}
-    for item in record.item:
-        _set_path(tree, _item_path(item), _item_value(item))
-    row = flatten(tree)
-    if "_step" not in row and record.HasField("step"):
-        row["_step"] = record.step.num
-    return row
-
-
 def _telemetry_dict(telemetry: Any) -> dict[str, Any]:
     data = _message_dict(telemetry)
     data.pop("_info", None)
@@ -249,27 +181,29 @@ def _telemetry_dict(telemetry: Any) -> dict[str, Any]:
     return data
 
 
-def decode_records(run: OfflineRun, records: Iterable[Any]) -> None:
+def decode_records(run: OfflineRun, records: Iterable[Any], *, summary: bool = True) -> None:
     """Fold ``records`` (``Record`` protobufs, in file order) into ``run``: identity, config, history, summary, ...
 
     Args:
         run: the run to fill; its ``config``, ``summary``, ``files`` and ``record_counts`` are replaced.
         records: e.g. a :class:`RecordReader`.
+        summary: False leaves ``run.summary`` empty and skips the items of the summary records (still counted).
     """
     counts: Counter[str] = Counter()
     config: dict[str, Any] = {}
-    summary: dict[str, Any] = {}
+    folded: dict[str, Any] = {}
     seen_artifacts: dict[str, list[str]] = {}
     files: dict[str, None] = {}
     for record in records:
         kind = record.WhichOneof("record_type") or "unknown"
         counts[kind] += 1
         if kind == "history":
-            run.history.append(_history_row(record.history))
+            run.history.append(history_row(record.history))
         elif kind == "summary":
-            apply_update(summary, record.summary)
+            if summary:
+                fold_update(folded, record.summary)
         elif kind == "config":
-            apply_update(config, record.config)
+            fold_update(config, record.config)
         elif kind == "run":
             r = record.run
             for attr, value in (
@@ -288,9 +222,9 @@ def decode_records(run: OfflineRun, records: Iterable[Any]) -> None:
             if r.HasField("start_time"):
                 run.start_time = r.start_time.seconds + r.start_time.nanos / 1e9
             if r.HasField("config"):
-                apply_update(config, r.config)
-            if r.HasField("summary"):
-                apply_update(summary, r.summary)
+                fold_update(config, r.config)
+            if summary and r.HasField("summary"):
+                fold_update(folded, r.summary)
             if r.HasField("telemetry"):
                 run.telemetry = _telemetry_dict(r.telemetry)
         elif kind == "artifact":
@@ -312,13 +246,13 @@ def decode_records(run: OfflineRun, records: Iterable[Any]) -> None:
         elif kind == "stats":
             sample: dict[str, Any] = {"_timestamp": record.stats.timestamp.seconds + record.stats.timestamp.nanos / 1e9}
             for item in record.stats.item:
-                sample[item.key] = _item_value(item)
+                sample[item.key] = item_value(item)
             run.stats.append(sample)
         elif kind == "preempting":
             run.preempting = True
     config.pop(_INTERNAL_KEY, None)
-    summary.pop(_INTERNAL_KEY, None)
-    run.config = config
-    run.summary = flatten(summary)
+    folded.pop(_INTERNAL_KEY, None)
+    run.config = finish_fold(config)
+    run.summary = flatten(finish_fold(folded))
     run.files = list(files)
     run.record_counts = dict(counts)

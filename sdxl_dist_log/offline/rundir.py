@@ -68,12 +68,14 @@ def _media_files(run_dir: Path) -> list[str]:
     return sorted(p.relative_to(files_dir).as_posix() for p in media.rglob("*") if p.is_file())
 
 
-def read_run(path: str | os.PathLike[str]) -> OfflineRun:
+def read_run(path: str | os.PathLike[str], *, summary: bool = True) -> OfflineRun:
     """Read an offline run: its records, config, history, summary, artifacts and media files.
 
     Args:
         path: a run directory, its ``.wandb`` file, or a directory holding exactly one run (directly or under
             ``wandb/``).
+        summary: False leaves ``summary`` empty, for readers of the history alone: wandb writes a summary update
+            after every history row, so folding them costs about a third of reading a long run.
 
     Returns:
         The decoded :class:`OfflineRun`; ``truncated`` is set when the file ends in a cut or corrupt tail, and
@@ -110,7 +112,7 @@ def read_run(path: str | os.PathLike[str]) -> OfflineRun:
         wandb_file = _wandb_file(run_dir)
     reader = read_records(wandb_file)
     run = OfflineRun(path=run_dir, wandb_file=wandb_file)
-    decode_records(run, reader)
+    decode_records(run, reader, summary=summary)
     run.truncated, run.truncation_reason = reader.truncated, reader.reason
     if not run.run_id:
         match = _RUN_DIR_RE.match(run_dir.name)

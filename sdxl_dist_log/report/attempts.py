@@ -70,7 +70,7 @@ class MergedRun:
 
     @property
     def last(self) -> OfflineRun:
-        """The latest attempt's run: identity, summary and end state of the run as a whole."""
+        """The latest attempt's run: identity and end state of the run as a whole."""
         return self.attempts[-1].run
 
     def current_rows(self) -> list[dict[str, Any]]:
@@ -94,7 +94,8 @@ def load_runs(paths: Sequence[str | os.PathLike[str]]) -> list[OfflineRun]:
         paths: at least one path; a folder is searched as ``find_run_dirs`` does.
 
     Returns:
-        The runs, each directory read once, in the order found.
+        The runs, each directory read once, in the order found; without their summaries (``read_run(...,
+        summary=False)``): the report shows none, and folding them is a third of reading a long run.
 
     Raises:
         FileNotFoundError: a path does not exist.
@@ -111,7 +112,7 @@ def load_runs(paths: Sequence[str | os.PathLike[str]]) -> list[OfflineRun]:
         if not targets:
             raise ValueError(f"{path} holds no run directories (looked for offline-run-*/run-* in it and its wandb/)")
         for target in targets:
-            run = read_run(target)
+            run = read_run(target, summary=False)  # the report shows no summary: skip its fold
             seen.setdefault(run.path.resolve(), run)
     return list(seen.values())
 

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 from offline_support import encode_log
 
 from sdxl_dist_log.offline import FILE_HEADER, OfflineRun, WandbFileError
-from sdxl_dist_log.offline.decode import apply_update, read_records
+from sdxl_dist_log.offline.decode import read_records
 
 
 def test_wrong_header_raises_on_first_read(tmp_path: Path) -> None:
@@ -38,34 +36,6 @@ def test_undecodable_record_stops_reading_as_truncation(tmp_path: Path) -> None:
     reader = read_records(path)
     assert [r.exit.exit_code for r in reader] == [3]
     assert reader.truncated and "does not decode" in (reader.reason or "")
-
-
-def _update_record(kind: str, updates: list[tuple[list[str], str]], removes: list[list[str]]) -> Any:
-    """A ``ConfigRecord`` or ``SummaryRecord``; a one-part path goes in ``key``, a longer one in ``nested_key``."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    record = pb.ConfigRecord() if kind == "config" else pb.SummaryRecord()
-    for items, entries in ((record.update, updates), (record.remove, [(path, "") for path in removes])):
-        for path, value_json in entries:
-            item = items.add()
-            if len(path) == 1:
-                item.key = path[0]
-            else:
-                item.nested_key.extend(path)
-            item.value_json = value_json
-    return record
-
-
-@pytest.mark.parametrize("kind", ["config", "summary"])
-def test_apply_update_sets_and_removes_nested_items(kind: str) -> None:
-    tree: dict[str, Any] = {"keep": 1, "model": {"depth": 3, "heads": 8}, "gone": 2}
-    record = _update_record(
-        kind,
-        updates=[(["lr"], json.dumps(0.1)), (["model", "depth"], json.dumps(4)), (["note"], "not json")],
-        removes=[["gone"], ["model", "heads"], ["absent", "leaf"]],
-    )
-    apply_update(tree, record)
-    assert tree == {"keep": 1, "lr": 0.1, "model": {"depth": 4}, "note": "not json"}
 
 
 # ----------------------------------------------------------------------------------------------------------------

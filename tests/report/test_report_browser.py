@@ -1,5 +1,8 @@
 """The report of a real 2-rank run, opened in a real headless Chromium: every section there, every chart drawn.
 
+The page draws a chart as it comes near the viewport; ``open_report`` scrolls through it a screen at a time, as a
+reader would, so every chart has drawn by the time the charts are checked.
+
 The run is made as on a cluster: two processes (gloo), offline W&B, simulated GPUs (``FakeNvml(gpus=2)``), images
 from every rank, a checkpoint artifact, and the straggler view's sections timed on an injected clock (rank 1 made
 slow in its data loading from step 6 on). Chromium is Debian's package, driven by Playwright; without it the
@@ -88,6 +91,7 @@ def test_report_of_a_two_rank_run_draws_every_section_in_chromium(tmp_path: Path
     assert page.errors == [], page.errors
     assert page.requests == [], f"a self-contained page requests nothing: {page.requests}"
     assert page.rendered.isdigit(), f"the charts did not all draw: data-rendered={page.rendered!r}"
+    assert len(page.screen_waits) >= 3, "charts draw as they come near the viewport: read a screen at a time"
     assert page.sections == {s: TITLES[s] for s in SECTION_IDS}
     assert sorted(c.id for c in page.charts) == sorted(figures), "every figure has its div, every div a figure"
     blank = [c for c in page.charts if not c.drew]
