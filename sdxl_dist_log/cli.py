@@ -90,7 +90,7 @@ def inspect_command(run_dirs: tuple[str, ...]) -> int:
         runs = find_run_dirs(path) if path.is_dir() and not list(path.glob("*.wandb")) else [path]
         for run_path in runs or [path]:
             try:
-                run = read_run(run_path)
+                run = read_run(run_path, summary=False)  # what inspect prints needs no summary: a third of the read
             except (OSError, ValueError) as exc:  # missing, unreadable, or not a run
                 print(f"sdxl-dist-log inspect: {run_path}: {exc}", file=sys.stderr)
                 status = 2
