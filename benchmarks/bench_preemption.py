@@ -57,18 +57,11 @@ def sweep(name: str, folder: Path, tries: int, step_time: float) -> dict:
     """One job requeued ``tries`` times at spread offsets; returns the figures."""
     job, out = _job(folder, SCRIPTS[name], steps=4 * (tries + 1) + 10, step_time=step_time, requeue=True)
     deadline = time.monotonic() + 60 + 30 * tries
-    signals = []
-    try:
-        for attempt in range(tries):
-            period = _period(out) if attempt else step_time
-            offset = period * attempt / tries
-            signals.append((attempt, preempt.signal_at(out, job, "requeue", attempt=attempt, after_steps=3,
-                                                       offset=offset, deadline=deadline)))
-            preempt.wait_for(f"attempt {attempt + 1}", lambda a=attempt + 1: (preempt.release(job) or True) and any(
-                n == a for n, _, _ in preempt.progress(out)), deadline, poll=0.3)
-        preempt.wait_for("the end", lambda: preempt.squeue_state(job) == "", deadline, poll=0.5)
-    finally:
-        preempt.cancel(job)
+    def offset_of(attempt: int) -> float:  # k/n of a step period, measured on the attempts before
+        return (_period(out) if attempt else step_time) * attempt / tries
+
+    signals = preempt.preempt_and_resume(out, job, "requeue", deadline=deadline, tries=tries, offset_of=offset_of,
+                                         after_steps=3)
     return _figures(out, signals)
 
 

@@ -73,4 +73,4 @@ def own_error(error: Exception, call: CallInfo, rank: int, world_size: int) -> E
     return type(error)(f"{where}: {error}; nothing of this call was logged")
 
 
-__all__ = ["checked_call", "checked_image_call", "checked_metrics", "checked_prefix", "own_error"]
+__all__ = ["checked_call", "checked_image_call", "checked_metrics", "own_error"]

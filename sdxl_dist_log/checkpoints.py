@@ -73,21 +73,15 @@ def checked_source(path: str | os.PathLike[str]) -> str:
 
 
 def _check_entry(path: str) -> None:
-    if os.path.islink(path) and not os.path.exists(path):
-        target = os.readlink(path)
-        if _loops(path):
-            raise CheckpointError(f"log_model: {path!r} is a symbolic link loop (-> {target!r}); nothing was uploaded")
-        raise CheckpointError(f"log_model: {path!r} is a broken symbolic link (-> {target!r}); nothing was uploaded")
+    try:
+        os.stat(path)  # follows links: fails exactly on a broken link or a loop
+    except OSError as exc:
+        if os.path.islink(path):
+            what = "a symbolic link loop" if exc.errno == errno.ELOOP else "a broken symbolic link"
+            raise CheckpointError(f"log_model: {path!r} is {what} (-> {os.readlink(path)!r}); nothing was "
+                                  "uploaded") from None
     if not os.path.isdir(path) and not os.access(path, os.R_OK):
         raise CheckpointError(f"log_model: {path!r} cannot be read (permissions); nothing was uploaded")
-
-
-def _loops(path: str) -> bool:
-    try:
-        os.stat(path)
-    except OSError as exc:
-        return exc.errno == errno.ELOOP
-    return False
 
 
 def _check_tree(root: str) -> None:

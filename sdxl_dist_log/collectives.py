@@ -146,8 +146,7 @@ class Collectives:
         self.margin = stage_margin(timeout)
         self.namespace = namespace
         self.state = CallState()
-        self._in_flight: tuple[int, float] | None = None
-        self._in_flight_call: CallInfo | None = None
+        self._in_flight: tuple[int, float, CallInfo] | None = None  # (sequence, started, call): one write, one read
         self._warn_after: float | None = None
         self._report_wait: Callable[[str], Any] | None = None
         self._watchdog: threading.Thread | None = None
@@ -345,11 +344,10 @@ class Collectives:
 
     # -- failure handling ---------------------------------------------------------------------------------------
     def _wait(self, work: Any, call: CallInfo, bound: float) -> None:
-        # A plain bounded wait: nothing per call but two attribute writes. Presence for the error message is posted
+        # A plain bounded wait: nothing per call but one attribute write. Presence for the error message is posted
         # by the watchdog thread, only for calls still waiting after presence_after seconds.
         self._ensure_watchdog()
-        self._in_flight_call = call
-        self._in_flight = (self.state.sequence, time.monotonic())
+        self._in_flight = (self.state.sequence, time.monotonic(), call)
         try:
             work.wait(timeout=timedelta(seconds=bound))
         except RuntimeError as exc:
@@ -369,19 +367,19 @@ class Collectives:
             in_flight = self._in_flight
             if in_flight is None:
                 continue
-            sequence, started = in_flight
+            sequence, started, call = in_flight
             waited = time.monotonic() - started
             if sequence != posted and waited >= self.presence_after:
                 self._presence.post(sequence)
                 posted = sequence
             if sequence != warned and self._warn_after is not None and waited >= self._warn_after:
                 warned = sequence
-                self._report_missing(sequence, waited)
+                self._report_missing(call, sequence, waited)
 
-    def _report_missing(self, sequence: int, waited: float) -> None:
+    def _report_missing(self, call: CallInfo, sequence: int, waited: float) -> None:
         missing = self._presence.missing_now(sequence)
         if missing and self._report_wait is not None and self._in_flight is not None:
-            self._report_wait(waiting_message(str(self._in_flight_call), self.rank, missing, waited, self.timeout))
+            self._report_wait(waiting_message(str(call), self.rank, missing, waited, self.timeout))
 
     @functools.cached_property
     def _presence(self) -> Presence:

@@ -18,7 +18,7 @@ import numbers
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from sdxl_dist_log.arguments import checked_metrics, checked_prefix
+from sdxl_dist_log.arguments import checked_call, checked_image_call, checked_metrics
 from sdxl_dist_log.config import WandbConfig
 from sdxl_dist_log.errors import ImageInputError, LoggingInputError, MetricValueError
 from sdxl_dist_log.framing import checked_step
@@ -85,8 +85,9 @@ class MainProcessLog:
         """
         if self._disabled:
             return None
-        step = checked_step(step, MetricValueError)
-        prefix = checked_prefix(prefix, MetricValueError)
+        step, error = checked_call(step, prefix, MetricValueError)
+        if error is not None:
+            raise error
         values = apply_prefix(checked_metrics(metrics), self._config.metric_prefix if prefix is None else prefix)
         if not self._lands("log_metrics"):
             return None
@@ -107,9 +108,10 @@ class MainProcessLog:
         """
         if self._disabled:
             return 0
-        step = checked_step(step, ImageInputError)
-        prefix = checked_prefix(prefix, ImageInputError)
-        arrays, names = convert.checked_images(images, captions, value_range or self._config.image_value_range)
+        step, arrays, names, error = checked_image_call(images, captions, step, prefix,
+                                                        value_range or self._config.image_value_range)
+        if error is not None:
+            raise error
         if not self._lands("log_images") or not arrays:
             return 0
         cap = self._config.max_images_to_log

@@ -44,11 +44,6 @@ class SignalChain:
         self._handling = False
         self._arrived: list[int] = []
 
-    @property
-    def handling(self) -> bool:
-        """True while the close-down of a signal runs."""
-        return self._handling
-
     def install(self, signals: Sequence[int]) -> None:
         """Handle ``signals`` from now on. Call from the main thread (Python delivers signals only there)."""
         for sig in signals:

@@ -24,8 +24,6 @@ from typing import Any
 REDACTED = "***redacted***"
 
 _WORD = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
-_SECRET_WORDS = frozenset({"password", "passwd", "passphrase", "secret", "secrets", "credential", "credentials",
-                           "authorization", "apikey", "token"})
 _SECRET_PARTS = ("password", "passwd", "secret", "credential", "authorization", "apikey", "privatekey", "accesskey",
                  "secretkey", "signingkey", "encryptionkey")
 """Parts of a key with its separators removed (``dbpassword``, ``myPrivateKey``) that mark it, wherever they are."""
@@ -72,9 +70,7 @@ def looks_secret(key: Any) -> bool:
     if not words:
         return False
     joined = "".join(words)
-    if any(part in joined for part in _SECRET_PARTS):
-        return True
-    if any(w in _SECRET_WORDS - {"token"} for w in words):
+    if any(part in joined for part in _SECRET_PARTS) or "passphrase" in words:
         return True
     if words[-1] == "token":  # hf_token, access_token, authToken; not token_budget, max_tokens, pad_token
         return len(words) == 1 or words[-2] not in _TEXT_TOKENS

@@ -109,7 +109,7 @@ class WandbLogger:
         self.rank_info = rank
         self.is_primary = rank.is_primary(cfg.primary_rank)
         self._nvml = nvml
-        self._lock = threading.RLock()
+        self._lock, self._config_lock = threading.RLock(), threading.Lock()
         self._last_step = 0  # the one owner of "the current step": calls without a step log at it
         self._run_config: dict[str, Any] = {}
         self._finished = False
@@ -393,21 +393,20 @@ class WandbLogger:
         return self._last_step
 
     def _log_system_row(self, row: Mapping[str, float]) -> None:
-        self._record_hostnames()
-        self._write("log_side_row", dict(row), step=None)
-
-    def _record_hostnames(self) -> None:
-        """Put the node -> host map into the run config whenever a node is seen for the first time."""
+        """Write a system row; a node seen for the first time first puts its host into the run config."""
         hosts = dict(getattr(self._system, "hostnames", None) or {})
         known = self._run_config.get("sdxl_dist_log", {}).get("hostnames", {})
         named = {f"node{n}": host for n, host in sorted(hosts.items())}
         if named and named != known:
             self._merge_run_config({"sdxl_dist_log": {"hostnames": named}})
+        self._write("log_side_row", dict(row), step=None)
 
     def _merge_run_config(self, values: Mapping[str, Any]) -> None:
-        with self._lock:  # merged into the run config; the primary's run gets the top-level sections they touch
-            self._run_config = deep_merge(self._run_config, values)
-            self._backend.update_config({key: self._run_config[key] for key in values})
+        with self._config_lock:  # merges reach the run in order; logging calls do not wait for W&B's answer
+            with self._lock:  # the primary's run gets the top-level sections the merge touched
+                self._run_config = deep_merge(self._run_config, values)
+                sections = {key: self._run_config[key] for key in values}
+            self._backend.update_config(sections)
 
     def _warn_if_degraded(self, call: CallInfo) -> None:
         failure = self._collectives.failure

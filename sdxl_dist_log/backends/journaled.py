@@ -63,6 +63,7 @@ class JournaledBackend:
         self._preempting = ""
         self._closed: str | None = None  # "finished" or "preempted" once finish was called
         self._warned_closed = False
+        self._journal_error = False  # reported once
         self.writer = RunWriter(session, journal, logger=logger, count=count, config=config,
                                 reopen_timeout=reopen_timeout)
 
@@ -138,7 +139,7 @@ class JournaledBackend:
         return op
 
     def _log_once_journal_error(self, exc: OSError) -> None:
-        if not getattr(self, "_journal_error", False):
+        if not self._journal_error:
             self._journal_error = True
             self._log.error("journal %s cannot be written (%s); rows go to W&B without it, so a killed service "
                             "or process can lose the last ones", self.journal.root, exc)
@@ -203,15 +204,14 @@ class JournaledBackend:
         """
         if self._closed is not None:
             return
-        if self._front.acquire(blocking=False):  # not held by a logging call that a signal interrupted
-            try:
-                if self._pending:
-                    self._commit_pending()
-                self._closed = "preempted" if self._preempting else "finished"
-            finally:
-                self._front.release()
-        else:
+        locked = self._front.acquire(blocking=False)  # not held by a logging call that a signal interrupted
+        try:
+            if locked and self._pending:
+                self._commit_pending()
             self._closed = "preempted" if self._preempting else "finished"
+        finally:
+            if locked:
+                self._front.release()
         op = Op("close", payload={"exit_code": exit_code, "preempted": bool(self._preempting)}, reply=Reply())
         started = time.monotonic()
         self.writer.put(op)

@@ -161,21 +161,6 @@ class RunWriter:
         """Queue one operation; returns at once (safe from a signal handler)."""
         self._queue.put(op)
 
-    def call(self, op: Op, timeout: float | None) -> Any:
-        """Queue ``op`` and wait for its answer.
-
-        Raises:
-            Refused: W&B refused the call.
-            TimeoutError: no answer within ``timeout`` seconds (the writer is busy or stuck).
-        """
-        op.reply = Reply()
-        self.put(op)
-        if not op.reply.wait(timeout):
-            raise TimeoutError(f"the W&B writer did not answer within {timeout:.0f} s")
-        if op.reply.error is not None:
-            raise op.reply.error
-        return op.reply.value
-
     def stop(self, timeout: float) -> None:
         """End the thread after what is queued (it is a daemon: a stuck W&B call never holds the process)."""
         self._queue.put(None)

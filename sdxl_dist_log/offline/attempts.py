@@ -84,10 +84,15 @@ def _from_journal(log: AttemptLog, logs: Sequence[AttemptLog]) -> Attempt:
     return attempt
 
 
+def _step_values(run: OfflineRun) -> list[float]:
+    """The step metric of every history row that has a numeric one, in order."""
+    key = run.step_metric
+    return [row[key] for row in run.history if isinstance(row.get(key), (int, float))]
+
+
 def _from_part(run: OfflineRun) -> Attempt:
-    steps = [row[run.step_metric] for row in run.history if isinstance(row.get(run.step_metric), (int, float))]
-    ended = ("killed" if run.exit_code is None else "preempted" if run.preempting else
-             "finished" if run.exit_code == 0 else "failed")
+    steps = _step_values(run)
+    ended = "killed" if run.exit_code is None else run.end_state  # a mark without an exit record: killed
     return Attempt(run.path.name, [run.path], min(steps, default=None), max(steps, default=None), ended,
                    signal="a signal" if run.preempting else None)
 
@@ -144,20 +149,20 @@ def format_attempts(runs: Sequence[OfflineRun]) -> str:
             run = known.get(path.resolve())
             if run is None and path.is_dir():
                 try:
-                    run = known[path.resolve()] = read_run(path)
+                    run = known[path.resolve()] = read_run(path, summary=False)  # the summary is not shown
                 except (OSError, ValueError):
                     run = None
             if run is None:
                 lines.append(f"       {path.name}: missing")
                 continue
-            rows = [row[run.step_metric] for row in run.history if isinstance(row.get(run.step_metric), (int, float))]
+            rows = _step_values(run)
             steps += rows
             end = "no exit record" if run.exit_code is None else f"exit {run.exit_code}"
             lines.append(f"       {path.name}: {len(rows)} rows{', preempting' if run.preempting else ''}, {end}")
+    named = {p.resolve() for a in attempts for p in a.parts}
     for run in runs:  # parts no journal names (written by plain wandb) still count for the gaps
-        if not any(run.path.resolve() == p.resolve() for a in attempts for p in a.parts):
-            steps += [row[run.step_metric] for row in run.history
-                      if isinstance(row.get(run.step_metric), (int, float))]
+        if run.path.resolve() not in named:
+            steps += _step_values(run)
     if steps:
         gaps = step_gaps(steps)
         text = ", ".join(f"{_num(a)}..{_num(b)}" for a, b in gaps) if gaps else "no gap"

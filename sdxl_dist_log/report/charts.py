@@ -12,7 +12,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from sdxl_dist_log.report.columns import SYSTEM_GROUP, Column, DeviceKey, MetricChart, device_key, metric_charts
-from sdxl_dist_log.report.downsample import MAX_GRID_COLUMNS, MAX_LINE_POINTS, grid, grid_edges, minmax_points
+from sdxl_dist_log.report.downsample import (
+    MAX_GRID_COLUMNS,
+    MAX_LINE_POINTS,
+    finite,
+    grid,
+    grid_edges,
+    minmax_points,
+)
 from sdxl_dist_log.report.figures import PALETTE, aligned, chart_layout, heatmap, line_traces, numbers
 from sdxl_dist_log.report.section import ChartIds, Raw, Section, chart_div, esc, note, table
 from sdxl_dist_log.report.stragglers import MIN_SPREAD, SectionScores, rank_places, straggler_sections
@@ -243,9 +250,9 @@ def stragglers_section(columns: Mapping[str, Column], config: Mapping[str, objec
         ranks = sorted(section.scores)
         if ranks:
             steps = np.concatenate([section.scores[r].steps for r in ranks])
-            finite = steps[np.isfinite(steps)]
-            if len(finite):
-                edges = grid_edges(float(finite.min()), float(finite.max()), max_columns,
+            known = steps[np.isfinite(steps)]
+            if len(known):
+                edges = grid_edges(float(known.min()), float(known.max()), max_columns,
                                    _step_of(section.scores[ranks[0]].steps))
                 matrix = [grid(section.scores[r].steps, section.scores[r].values, edges, "max") for r in ranks]
                 labels = [f"rank {r}" + (f" ({places[r]})" if r in places else "") for r in ranks]
@@ -255,7 +262,8 @@ def stragglers_section(columns: Mapping[str, Column], config: Mapping[str, objec
                                             colorscale=SCORE_COLORS, unit="x median")
                 divs.append(chart_div(chart_id, "chart wide"))
         if section.spread is not None:
-            xs, ys = minmax_points(*_finite(section.spread), max_points)
+            xs, ys, _ = finite(section.spread.steps, section.spread.values)
+            xs, ys = minmax_points(xs, ys, max_points)
             chart_id = ids()
             figures[chart_id] = {
                 "data": [{"type": "scatter", "mode": "lines", "name": "spread", "x": numbers(xs), "y": numbers(ys),
@@ -266,11 +274,6 @@ def stragglers_section(columns: Mapping[str, Column], config: Mapping[str, objec
     headers = ["section", "slowest most often", "where", "intervals slowest", "its median score", "highest spread"]
     body = table(headers, rows) + '<div class="grid">' + "".join(divs) + "</div>"
     return Section("stragglers", "Stragglers", body, figures)
-
-
-def _finite(column: Column) -> tuple[np.ndarray, np.ndarray]:
-    keep = np.isfinite(column.steps) & np.isfinite(column.values)
-    return column.steps[keep], column.values[keep]
 
 
 def _summary_row(section: SectionScores, places: Mapping[int, str]) -> list[object]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -97,18 +97,27 @@ def signal_at(out: Path, job_id: str, how: str, *, attempt: int, after_steps: in
     return send(job_id, how)
 
 
-def preempt_and_resume(out: Path, job_id: str, how: str, *, deadline: float, after_steps: int = 5,
-                       offset: float = 0.05) -> float:
-    """Signal the first attempt (as :func:`signal_at`), start the requeued job at once, and wait until a second
-    attempt logged and the job ended; cancels the job whatever happens. Returns the sending time."""
+def preempt_and_resume(out: Path, job_id: str, how: str, *, deadline: float, tries: int = 1,
+                       offset_of: Callable[[int], float] = lambda attempt: 0.05,
+                       after_steps: int = 5) -> list[tuple[int, float]]:
+    """Signal attempts 0 .. ``tries`` - 1 in turn (each as :func:`signal_at`, ``offset_of(attempt)`` after its last
+    step), start each requeued job at once and wait for the next attempt to log; then wait for the job to end.
+    Cancels the job whatever happens.
+
+    Returns:
+        (attempt, sending time) of every signal, for :func:`check`.
+    """
+    signals = []
     try:
-        sent = signal_at(out, job_id, how, attempt=0, after_steps=after_steps, offset=offset, deadline=deadline)
-        wait_for("attempt 2", lambda: (release(job_id) or True) and any(a == 1 for a, _, _ in progress(out)),
-                 deadline, poll=0.3)
+        for attempt in range(tries):
+            signals.append((attempt, signal_at(out, job_id, how, attempt=attempt, after_steps=after_steps,
+                                               offset=offset_of(attempt), deadline=deadline)))
+            wait_for(f"attempt {attempt + 1}", lambda a=attempt + 1: (release(job_id) or True) and any(
+                n == a for n, _, _ in progress(out)), deadline, poll=0.3)
         wait_for("the job to end", lambda: squeue_state(job_id) == "", deadline, poll=0.5)
     finally:
         cancel(job_id)
-    return sent
+    return signals
 
 
 @dataclass

@@ -140,9 +140,11 @@ def _rows(part: Part, where: str = "file") -> list[Any]:
 
 def _sync(backend: JournaledBackend) -> None:
     """Wait until the writer has done everything queued so far."""
-    from sdxl_dist_log.backends.writer import Op
+    from sdxl_dist_log.backends.writer import Op, Reply
 
-    backend.writer.call(Op("barrier"), WAIT_S)
+    barrier = Op("barrier", reply=Reply())
+    backend.writer.put(barrier)
+    assert barrier.reply.wait(WAIT_S), "the writer did not get through its queue"
 
 
 def test_rows_reach_the_run_in_order_with_their_step_and_pending_values(tmp_path: Path) -> None:

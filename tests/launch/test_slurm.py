@@ -415,17 +415,8 @@ def test_requeued_at_every_point_of_a_step_each_attempt_closes_and_no_row_is_los
     reaches wandb-core too. Every step logged before a signal is in the run, every preempted attempt's last part
     has the preempting mark and an exit record, all parts share the job's run id, and the last attempt finishes."""
     job, out = _preemptible(tmp_path, steps=40)
-    deadline = time.monotonic() + 420
-    signals = []
-    try:
-        for attempt, offset in enumerate(SWEEP_OFFSETS):
-            signals.append((attempt, preempt.signal_at(out, job, "requeue", attempt=attempt, after_steps=3,
-                                                       offset=offset, deadline=deadline)))
-            preempt.wait_for(f"attempt {attempt + 1}", lambda a=attempt + 1: (preempt.release(job) or True) and any(
-                n == a for n, _, _ in preempt.progress(out)), deadline, poll=0.3)
-        preempt.wait_for("the job to end", lambda: preempt.squeue_state(job) == "", deadline, poll=0.5)
-    finally:
-        preempt.cancel(job)
+    signals = preempt.preempt_and_resume(out, job, "requeue", deadline=time.monotonic() + 420,
+                                         tries=len(SWEEP_OFFSETS), offset_of=SWEEP_OFFSETS.__getitem__, after_steps=3)
     report = preempt.check(out, signals)
     log = next(tmp_path.glob("slurm-*.out")).read_text()
     assert report.missing == [], report.summary()
@@ -471,8 +462,7 @@ def test_submitit_usr2_closes_the_run_then_submitit_requeues_into_the_same_run(s
                  "--tasks-per-node", "2", "--folder", str(folder), "--time", "5", "--job-name", "sdxl-test-usr2",
                  "--", str(out), "--steps", "40", "--step-time", "0.1"]) == 0
     job = next(folder.glob("*_submitted.pkl")).name.split("_")[0]
-    sent = preempt.preempt_and_resume(out, job, "usr2", deadline=time.monotonic() + 180)
-    report = preempt.check(out, [(0, sent)])
+    report = preempt.check(out, preempt.preempt_and_resume(out, job, "usr2", deadline=time.monotonic() + 180))
     errors = "".join(p.read_text() for p in folder.glob("*.err"))
     assert report.missing == [], report.summary()
     assert report.run_ids == {f"slurm-{job}"}
@@ -495,8 +485,7 @@ def test_sbatch_template_usr1_before_the_time_limit_requeues_torchrun_into_the_s
     out = tmp_path / "out"
     job = preempt.sbatch("slurm/train.sbatch", cwd=ROOT, env=env, args=[str(out), "--steps", "40"],
                          options=[f"--output={tmp_path}/train-%j.out", "--job-name=sdxl-test-usr1"])
-    sent = preempt.preempt_and_resume(out, job, "batch-usr1", deadline=time.monotonic() + 180)
-    report = preempt.check(out, [(0, sent)])
+    report = preempt.check(out, preempt.preempt_and_resume(out, job, "batch-usr1", deadline=time.monotonic() + 180))
     log = next(tmp_path.glob("train-*.out")).read_text()
     assert report.missing == [], report.summary()
     assert report.run_ids == {f"slurm-{job}"}
