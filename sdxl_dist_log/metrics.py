@@ -117,7 +117,12 @@ def pack_values(metrics: Mapping[str, Any], keys: Sequence[str]) -> np.ndarray:
     Raises:
         MetricValueError: a value is not numeric or has more than one element; the message names the key.
     """
-    return pack_values_deferred(metrics, keys, non_blocking=False)()
+    try:
+        return pack_values_deferred(metrics, keys, non_blocking=False)()
+    except (MetricValueError, KeyError):  # named already; a key not in ``metrics`` is the caller's mistake
+        raise
+    except Exception as exc:  # an int too large for a float fails inside numpy, without the key: name it
+        raise bad_value_error(metrics, keys, exc) from None
 
 
 def pack_values_deferred(
@@ -328,7 +333,7 @@ def bad_value_error(metrics: Mapping[str, Any], keys: Sequence[str], error: Exce
     fails inside numpy, without the key): each value is packed alone until one fails."""
     for key in keys:
         try:
-            pack_values({key: metrics[key]}, [key])
+            pack_values_deferred({key: metrics[key]}, [key], non_blocking=False)()
         except MetricValueError as named:
             return named
         except Exception as exc:  # noqa: BLE001 - whatever the value raised, the key is what the user needs
