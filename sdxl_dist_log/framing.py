@@ -46,6 +46,8 @@ def checked_step(step: Any, error_type: type[Exception]) -> int | None:
     """
     if step is None:
         return None
+    if type(step) is int and step >= 0:  # the common case, without the ABC check below (one per logging call)
+        return step
     if isinstance(step, bool) or not isinstance(step, numbers.Integral):
         raise error_type(f"step={step!r} ({type(step).__name__}) must be an int >= 0 or None")
     if step < 0:

@@ -86,8 +86,9 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-def _dumps(record: Mapping[str, Any]) -> str:
-    return json.dumps(record, separators=(",", ":"), default=_plain)
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=_plain)
+"""One encoder for every line: ``json.dumps`` with options builds a new one per call, on the caller's thread."""
+_dumps = _ENCODER.encode
 
 
 class Journal:

@@ -227,18 +227,20 @@ def _pack_uniform(values: list[Any]) -> np.ndarray | None:
     return None
 
 
-def pack_row(plan: MetricPlan, values: np.ndarray | None) -> np.ndarray:
-    """Build one rank's row: header, then the values in key order.
+def pack_row(plan: MetricPlan, values: np.ndarray | None, tail: np.ndarray | None = None) -> np.ndarray:
+    """Build one rank's row: header, then the values in key order, then ``tail`` (what else the call carries).
 
     ``values=None`` marks this rank's call as failed (a bad value): the row still travels so no rank waits, and
     every rank raises after the collective.
     """
-    row = np.full(HEADER_SIZE + len(plan.keys), np.nan, dtype=np.float64)
+    n = len(plan.keys)
+    row = np.empty(HEADER_SIZE + n + (0 if tail is None else len(tail)), dtype=np.float64)
     row[FINGERPRINT] = plan.fingerprint
-    row[KEY_COUNT] = len(plan.keys)
+    row[KEY_COUNT] = n
     row[ERROR_FLAG] = 1.0 if values is None else 0.0
-    if values is not None:
-        row[HEADER_SIZE:] = values
+    row[HEADER_SIZE : HEADER_SIZE + n] = np.nan if values is None else values
+    if tail is not None:
+        row[HEADER_SIZE + n :] = tail
     return row
 
 
@@ -351,6 +353,8 @@ def describe_missing(missing: Mapping[str, Sequence[int]], limit: int = 8) -> st
 
 def apply_prefix(values: Mapping[str, float], prefix: str) -> dict[str, float]:
     """Prefix every key; "" leaves keys as they are. A prefix without a trailing "/" is joined with "/"."""
+    if not prefix:
+        return dict(values)
     return dict(zip(prefixed(tuple(values), prefix), values.values()))
 
 
