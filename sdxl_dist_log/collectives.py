@@ -37,22 +37,10 @@ from typing import Any
 import numpy as np
 
 from sdxl_dist_log.errors import CollectiveError, CollectiveTimeoutError
+from sdxl_dist_log.exchange import ALL_GATHER, BROADCAST, GATHER, LEADERS, NODE, RECV, SEND, Op
 from sdxl_dist_log.faults import collective_failure, waiting_message
 from sdxl_dist_log.framing import CallInfo, out_of_step
-from sdxl_dist_log.hierarchy import (
-    ALL_GATHER,
-    BROADCAST,
-    GATHER,
-    LEADERS,
-    NODE,
-    RECV,
-    SEND,
-    CallState,
-    Op,
-    Outcome,
-    Stage,
-    call_rounds,
-)
+from sdxl_dist_log.hierarchy import CallState, Outcome, Stage, call_rounds
 from sdxl_dist_log.presence import Presence
 from sdxl_dist_log.ranks import Launch, RankInfo
 from sdxl_dist_log.topology import Topology, exchange_layout

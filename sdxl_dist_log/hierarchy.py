@@ -15,8 +15,9 @@ leaders' group) and receives each one's outcome. On several nodes a call is:
 
 Every rank ends the call holding the same result, so every rank returns, or raises, the same thing in the same call;
 rare paths (a frame too small, ranks out of step, differing keys) are chosen by that result and taken by every rank
-together. On one node the same frames travel in one ``all_gather`` and every rank computes the same aggregate and
-result locally (the fastest pattern at a handful of ranks).
+together. On one node the same frames travel in one ``all_gather`` and every rank computes the same result locally
+(the fastest pattern at a handful of ranks); where every rank sent the same call and the stage finds the rows alike
+(``decide_alike``: the steady state), it does so in one pass, without building the aggregate first.
 
 Frames and aggregates have one size per call on every rank whatever the call (gloo aborts the process on mismatched
 sizes), so a rank in another call still pairs with the others and is named, as with one collective.
@@ -24,14 +25,24 @@ sizes), so a rank in another call still pairs with the others and is named, as w
 
 from __future__ import annotations
 
-import pickle
-from collections.abc import Generator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
 from sdxl_dist_log.errors import CollectiveError, RanksOutOfStepError
+from sdxl_dist_log.exchange import (
+    ALL_GATHER,
+    BROADCAST,
+    GATHER,
+    LEADERS,
+    NODE,
+    Op,
+    Steps,
+    broadcast_from_primary,
+    gather_to_primary,
+)
 from sdxl_dist_log.framing import (
     CALL_HEADER,
     INITIAL_FRAME,
@@ -42,10 +53,6 @@ from sdxl_dist_log.framing import (
     out_of_step,
 )
 from sdxl_dist_log.topology import Topology
-
-GATHER, BROADCAST, ALL_GATHER, SEND, RECV = "gather", "broadcast", "all_gather", "send", "recv"
-NODE, LEADERS = "node", "leaders"
-"""Levels an op runs on: the node's group (the whole world on one node), or the group of one leader per node."""
 
 # The aggregate a leader sends: its header, the stage's part, then the block of per-rank values. The minima of the
 # call header's (sequence, kind, step), then the maxima of (sequence, kind, step, length), in the header's order.
@@ -61,31 +68,6 @@ INITIAL_WIDTH = 8
 """Per-rank block values per rank; grows in lockstep, like the frame, when a call needs more."""
 
 
-@dataclass(frozen=True, slots=True)
-class Op:
-    """One collective a rank makes.
-
-    Attributes:
-        kind: GATHER (the root receives every member's ``data``), BROADCAST (every member receives the root's
-            ``data``; elsewhere ``data`` is a buffer of the right size), ALL_GATHER, or point to point: SEND
-            (``data`` to ``root``) and RECV (into the buffer ``data``, from ``root``).
-        level: NODE or LEADERS.
-        data: what this rank puts in: float64 or uint8, one dimension.
-        root: the root's global rank (GATHER, BROADCAST), the peer's (SEND, RECV).
-        deadline: which bound the wait has: 0 the first gather, 1 the leaders' gather, 2 the broadcasts (each a
-            little later than the one before, so a rank late by up to the timeout is still paired everywhere).
-    """
-
-    kind: str
-    level: str
-    data: np.ndarray
-    root: int = -1
-    deadline: int = 0
-
-
-Steps = Generator[Op, Any, Any]
-
-
 class Stage(Protocol):
     """What a kind of call computes between the collectives: pure functions of float64 rows.
 
@@ -96,6 +78,13 @@ class Stage(Protocol):
 
     def combine(self, payloads: np.ndarray, ranks: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """A node's rows -> (its aggregate, its (rows, k) block of per-rank values; k may be 0)."""
+        ...
+
+    def decide_alike(self, payloads: np.ndarray, primary_payload: np.ndarray, width: int,
+                     out: np.ndarray) -> np.ndarray | None:
+        """One node's rows of one call (same header, fitting the frame): where the stage can tell in one pass that
+        they agree, write into ``out`` (NaN-filled) exactly what ``finalize`` would return after ``combine``, and
+        return the node's block of per-rank values (rows, at most ``width``); else None."""
         ...
 
     def merge(self, aggregates: np.ndarray) -> np.ndarray:
@@ -150,8 +139,8 @@ class Outcome:
 
     Attributes:
         result: the same array on every rank: ``RESULT_HEADER`` values, then the stage's part.
-        block: every rank's per-rank values, (ranks, width) by rank, where the result was decided (the primary; on
-            one node every rank); None elsewhere.
+        block: every rank's per-rank values, (ranks, at most width) by rank, where the result was decided (the
+            primary; on one node every rank); None elsewhere.
         headers: every rank's call header, by rank, where a single all_gather brought them (one node); else None.
     """
 
@@ -213,6 +202,25 @@ def decide(aggregates: np.ndarray, nodes: Sequence[Sequence[int]], primary_paylo
     return Outcome(out, block)
 
 
+def decide_alike(frames: np.ndarray, primary_payload: np.ndarray, stage: Stage, frame: int,
+                 width: int) -> Outcome | None:
+    """``decide`` of one node's frames in one pass where every rank sent the same call header and the stage finds
+    the rows alike (``Stage.decide_alike``): the steady state of a training loop, without building an aggregate
+    first. None where anything differs: the general path then decides (and names what differs)."""
+    headers = frames[:, :CALL_HEADER].tolist()  # a handful of rows: plain lists compare faster than numpy calls
+    if headers[0][LENGTH] > frame or headers.count(headers[0]) != len(headers):
+        return None
+    out = np.full(result_size(frame), np.nan)
+    try:
+        block = stage.decide_alike(frames[:, CALL_HEADER:], primary_payload, width, out[RESULT_HEADER:])
+    except Exception:  # the general path decides and, for a defect, tells every rank
+        return None
+    if block is None:
+        return None
+    out[R_VERDICT], out[R_FRAME], out[R_WIDTH], out[R_RANKS] = OK, frame, width, len(frames)
+    return Outcome(out, block)
+
+
 def call_steps(topology: Topology, sent: np.ndarray, stage: Stage, width: int) -> Steps:
     """One rank's side of one attempt of a call; returns its ``Outcome``.
 
@@ -224,9 +232,11 @@ def call_steps(topology: Topology, sent: np.ndarray, stage: Stage, width: int) -
     node = topology.node
     if topology.single_node:
         frames = yield Op(ALL_GATHER, NODE, sent)
-        aggregate = node_aggregate(frames, node, stage, width, topology.largest_node)
         primary = frames[node.index(topology.primary), CALL_HEADER:]
-        decided = decide(aggregate[None], (node,), primary, stage, frame, width)
+        decided = decide_alike(frames, primary, stage, frame, width)
+        if decided is None:
+            aggregate = node_aggregate(frames, node, stage, width, topology.largest_node)
+            decided = decide(aggregate[None], (node,), primary, stage, frame, width)
         return Outcome(decided.result, decided.block, frames[:, :CALL_HEADER])
     frames = yield Op(GATHER, NODE, sent, root=topology.leader, deadline=0)
     result, block = np.empty(result_size(frame)), None
@@ -283,131 +293,3 @@ def call_rounds(topology: Topology, row: np.ndarray, call: CallInfo, stage: Stag
                                   "some rank (a defect; please report it). Logging collectives are off from here on; "
                                   "training is not affected.", call=str(call))
         return outcome
-
-
-# -- rare paths: fixed-size arrays and objects to the primary and back ----------------------------------------------
-def gather_to_primary(topology: Topology, data: np.ndarray) -> Steps:
-    """Every rank's ``data`` (same size everywhere) as a (ranks, size) array on the primary (on one node: on every
-    rank); None elsewhere. Two gathers on leaders, one elsewhere."""
-    if topology.single_node:
-        return (yield Op(ALL_GATHER, NODE, data))
-    rows = yield Op(GATHER, NODE, data, root=topology.leader, deadline=0)
-    if not topology.is_leader:
-        return None
-    padded = np.zeros((topology.largest_node, len(data)), dtype=data.dtype)
-    padded[: len(rows)] = rows
-    everyone = yield Op(GATHER, LEADERS, padded.reshape(-1), root=topology.primary, deadline=1)
-    if not topology.is_primary:
-        return None
-    by_node = everyone.reshape(len(topology.nodes), topology.largest_node, len(data))
-    out = np.empty((topology.world_size, len(data)), dtype=data.dtype)
-    for node, rows in zip(topology.nodes, by_node):
-        out[list(node)] = rows[: len(node)]
-    return out
-
-
-def broadcast_from_primary(topology: Topology, data: np.ndarray) -> Steps:
-    """The primary's ``data`` on every rank (``data`` elsewhere: a buffer of the same size and dtype). On one node
-    every rank already holds what the primary would send (``gather_to_primary`` gave everyone everything): no op."""
-    if topology.single_node:
-        return data
-    if topology.is_leader:
-        data = yield Op(BROADCAST, LEADERS, data, root=topology.primary, deadline=2)
-    return (yield Op(BROADCAST, NODE, data, root=topology.leader, deadline=2))
-
-
-def objects_to_primary(topology: Topology, obj: Any) -> Steps:
-    """Every rank's picklable ``obj`` as a list by rank on the primary (on one node: on every rank); None elsewhere.
-
-    Lengths first (so every rank pads to the same size), then the padded pickles: bytes reach the primary only, not
-    every rank (an all_gather_object would send every rank's pickle to every rank).
-    """
-    blob = np.frombuffer(pickle.dumps(obj), dtype=np.uint8)
-    lengths = yield from gather_to_primary(topology, np.array([len(blob)], dtype=np.float64))
-    longest = np.array([lengths.max() if lengths is not None else 0.0])
-    longest = yield from broadcast_from_primary(topology, longest)
-    padded = np.zeros(int(longest[0]), dtype=np.uint8)
-    padded[: len(blob)] = blob
-    blobs = yield from gather_to_primary(topology, padded)
-    if blobs is None:
-        return None
-    return [pickle.loads(blobs[r, : int(n)].tobytes()) for r, n in enumerate(lengths[:, 0])]
-
-
-def object_from_primary(topology: Topology, obj: Any) -> Steps:
-    """The primary's picklable ``obj`` on every rank (on one node every rank passes its own, equal, value)."""
-    if topology.single_node:
-        return obj
-    blob = np.frombuffer(pickle.dumps(obj), dtype=np.uint8) if topology.is_primary else np.empty(0, np.uint8)
-    length = yield from broadcast_from_primary(topology, np.array([len(blob)], dtype=np.float64))
-    data = blob.copy() if topology.is_primary else np.empty(int(length[0]), dtype=np.uint8)
-    data = yield from broadcast_from_primary(topology, data)
-    return pickle.loads(data.tobytes())
-
-
-def decided_at_primary(topology: Topology, obj: Any, decide_fn: Any) -> Steps:
-    """``decide_fn(every rank's obj by rank)``, computed where all of them are and returned on every rank.
-
-    ``decide_fn`` should return a value that describes an expected failure rather than raise; anything it raises all
-    the same reaches every rank as a ``CollectiveError`` (no rank is left waiting for the others).
-    """
-    everyone = yield from objects_to_primary(topology, obj)
-    outcome: Any = None
-    if everyone is not None:
-        try:
-            outcome = decide_fn(everyone)
-        except Exception as exc:  # a defect where the decision is made: every rank must learn it
-            outcome = _Failed(f"{type(exc).__name__}: {exc}")
-    outcome = yield from object_from_primary(topology, outcome)
-    if isinstance(outcome, _Failed):
-        raise CollectiveError(f"rank {topology.primary} failed to decide a logging call: {outcome.reason}. Logging "
-                              "collectives are off from here on; training is not affected.")
-    return outcome
-
-
-@dataclass(frozen=True)
-class _Failed:
-    reason: str
-
-
-def bytes_to_primary(topology: Topology, sizes: dict[int, int], payload: np.ndarray) -> Steps:
-    """The uint8 ``payload`` of every rank in ``sizes`` (rank -> its length, known to every rank) on the primary.
-
-    Only those ranks send, point to point: to their leader, which forwards its node's payloads in one message to the
-    primary. On one node: one padded ``gather`` to the primary (every rank takes part; nothing when all are empty).
-
-    Returns:
-        On the primary, rank -> payload for every rank in ``sizes``; None elsewhere.
-    """
-    primary, rank = topology.primary, topology.rank
-    if topology.single_node:
-        longest = max(sizes.values(), default=0)
-        if longest == 0:
-            return {r: np.empty(0, np.uint8) for r in sizes} if rank == primary else None
-        padded = np.zeros(longest, dtype=np.uint8)
-        padded[: len(payload)] = payload
-        rows = yield Op(GATHER, NODE, padded, root=primary)
-        return {r: rows[topology.node.index(r), :n] for r, n in sizes.items()} if rows is not None else None
-    senders = sorted(r for r in topology.node if sizes.get(r, 0) > 0)
-    if rank in senders and not topology.is_leader:
-        yield Op(SEND, NODE, payload, root=topology.leader)
-    if not topology.is_leader:
-        return None
-    received = {}
-    for r in senders:
-        received[r] = payload if r == rank else (yield Op(RECV, NODE, np.empty(sizes[r], np.uint8), root=r))
-    if not topology.is_primary:
-        if senders:
-            yield Op(SEND, LEADERS, np.concatenate([received[r] for r in senders]), root=primary)
-        return None
-    out = {r: np.empty(0, np.uint8) for r in sizes}
-    out.update(received)
-    for leader, node in zip(topology.leaders, topology.nodes):
-        node_senders = [r for r in node if sizes.get(r, 0) > 0]
-        if leader == rank or not node_senders:
-            continue
-        joined = yield Op(RECV, LEADERS, np.empty(sum(sizes[r] for r in node_senders), np.uint8), root=leader)
-        offsets = np.cumsum([0] + [sizes[r] for r in node_senders])
-        for r, start, end in zip(node_senders, offsets[:-1], offsets[1:]):
-            out[r] = joined[start:end]
-    return out

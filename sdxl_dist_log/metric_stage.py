@@ -17,7 +17,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from sdxl_dist_log.hierarchy import STAGE_HEADER, Steps, broadcast_from_primary
+from sdxl_dist_log.exchange import Steps, broadcast_from_primary
+from sdxl_dist_log.hierarchy import STAGE_HEADER
 from sdxl_dist_log.metrics import ERROR_FLAG, FINGERPRINT, HEADER_SIZE, KEY_COUNT, MetricPlan, Reduce
 from sdxl_dist_log.straggler import SECTION_FINGERPRINT, SECTION_HEADER
 from sdxl_dist_log.topology import Topology
@@ -135,15 +136,49 @@ class MetricStage:
         else:
             out[V_CODE] = VALID
             n = len(self.plan.keys)
-            values = out[STAGE_HEADER : STAGE_HEADER + n]
-            values[:] = aggregate[STAGE_HEADER : STAGE_HEADER + n]
-            if self._only is Reduce.MEAN:
-                values /= self.world_size
-            elif len(self._means):
-                values[self._means] = values[self._means] / self.world_size
-            if len(self._locals):
-                values[self._locals] = self._values(primary_payload[None])[0, self._locals]
+            out[STAGE_HEADER : STAGE_HEADER + n] = aggregate[STAGE_HEADER : STAGE_HEADER + n]
+            self._finish(out, primary_payload)
         return out
+
+    def _finish(self, out: np.ndarray, primary_payload: np.ndarray) -> None:
+        """Folded values (in ``out[STAGE_HEADER:]``) -> reduced ones: means divided, ``local`` keys the primary's."""
+        values = out[STAGE_HEADER : STAGE_HEADER + len(self.plan.keys)]
+        if self._only is Reduce.MEAN:
+            values /= self.world_size
+        elif len(self._means):
+            values[self._means] = values[self._means] / self.world_size
+        if len(self._locals):
+            values[self._locals] = self._values(primary_payload[None])[0, self._locals]
+
+    def decide_alike(self, payloads: np.ndarray, primary_payload: np.ndarray, width: int,
+                     out: np.ndarray) -> np.ndarray | None:
+        """``combine`` then ``finalize`` of one node's rows in one pass, where the rows agree (the steady state).
+
+        Called on one node with rows of one call and one length that fit the frame (``hierarchy.decide_alike``), and
+        ``out`` NaN-filled. Where every row carries the same keys and ops, the same section names and no error flag,
+        and the per-rank values fit ``width``, it writes into ``out`` exactly what the general path's result holds
+        (the same folds in the same order) and returns the block of per-rank values (the general path's block without
+        its padding); else None.
+        """
+        n = len(self.plan.keys)
+        # plain lists: one node holds a handful of rows, and comparing them in Python beats numpy's per-call cost
+        marks = payloads[:, FINGERPRINT : ERROR_FLAG + 1].tolist()
+        sections = payloads[:, HEADER_SIZE + n + SECTION_FINGERPRINT].tolist()
+        fingerprint, key_count, flagged = marks[0]
+        if (flagged or key_count != n or marks.count(marks[0]) != len(marks)
+                or sections.count(sections[0]) != len(sections)):
+            return None
+        per_rank = len(self._per_rank) + self.sections
+        if per_rank > width:
+            return None
+        out[S_FP_MIN], out[S_FP_MAX], out[S_KC_MIN], out[S_KC_MAX] = fingerprint, fingerprint, n, n
+        out[S_ERRORS], out[S_SEC_MIN], out[S_SEC_MAX], out[V_CODE] = 0.0, sections[0], sections[0], VALID
+        self._fold(payloads[:, HEADER_SIZE : HEADER_SIZE + n], out, payloads.shape[1])
+        self._finish(out, primary_payload)
+        if not per_rank:
+            return payloads[:, :0]
+        tail = HEADER_SIZE + n + SECTION_HEADER
+        return np.hstack([payloads[:, HEADER_SIZE + self._per_rank], payloads[:, tail : tail + self.sections]])
 
     @property
     def per_rank_count(self) -> int:

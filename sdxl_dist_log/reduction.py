@@ -17,8 +17,9 @@ import numpy as np
 
 from sdxl_dist_log.collectives import Collectives
 from sdxl_dist_log.errors import MetricKeyMismatchError, MetricValueError
+from sdxl_dist_log.exchange import Steps, decided_at_primary
 from sdxl_dist_log.framing import CallInfo
-from sdxl_dist_log.hierarchy import Steps, call_rounds, decided_at_primary
+from sdxl_dist_log.hierarchy import call_rounds
 from sdxl_dist_log.metric_stage import DIFFERING, INVALID, V_CODE, MetricStage
 from sdxl_dist_log.metrics import (
     MetricPlan,
@@ -168,7 +169,7 @@ class MetricReducer:
         topology = self._collectives.topology
         tail = prepared.sections.values if prepared.sections is not None else NO_SECTIONS
         stage = self._stage(plan, topology.world_size, int(tail[SECTION_COUNT]))
-        row = np.concatenate([pack_row(plan, values), tail])
+        row = pack_row(plan, values, tail)
         outcome = yield from call_rounds(topology, row, call, stage, self._collectives.state)
         verdict = outcome.stage[V_CODE]
         if verdict == INVALID:

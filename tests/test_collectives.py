@@ -52,7 +52,7 @@ def test_a_call_without_a_process_group_reduces_this_rank_alone(local: Collectiv
 
 
 def test_rare_paths_are_the_identity(local: Collectives) -> None:
-    from sdxl_dist_log.hierarchy import bytes_to_primary, decided_at_primary
+    from sdxl_dist_log.exchange import bytes_to_primary, decided_at_primary
 
     obj = {"a": [1, 2]}
     assert local.run(decided_at_primary(local.topology, obj, lambda everyone: everyone), CallInfo("x")) == [obj]
@@ -67,7 +67,7 @@ def test_broadcast_json_identity(local: Collectives, obj) -> None:
 
 
 def test_identity_path_makes_no_collective(local: Collectives) -> None:
-    from sdxl_dist_log.hierarchy import decided_at_primary
+    from sdxl_dist_log.exchange import decided_at_primary
     from sdxl_dist_log.images.transport import ImageStage, pack_offer
     from sdxl_dist_log.testing.probe import CollectiveProbe
 

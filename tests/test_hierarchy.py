@@ -11,10 +11,19 @@ import numpy as np
 import pytest
 
 from sdxl_dist_log.errors import CollectiveError
-from sdxl_dist_log.framing import CallInfo
-from sdxl_dist_log.hierarchy import CallState, bytes_to_primary, call_rounds, decided_at_primary
+from sdxl_dist_log.framing import CALL_HEADER, LENGTH, STEP, CallInfo, build_frame
+from sdxl_dist_log.hierarchy import (
+    OK,
+    CallState,
+    Outcome,
+    call_rounds,
+    decide,
+    decide_alike,
+    node_aggregate,
+)
 from sdxl_dist_log.metric_stage import MetricStage
-from sdxl_dist_log.metrics import MetricPlan, pack_row, resolve_reduce
+from sdxl_dist_log.metrics import ERROR_FLAG, FINGERPRINT, HEADER_SIZE, MetricPlan, pack_row, resolve_reduce
+from sdxl_dist_log.straggler import SECTION_FINGERPRINT
 from sdxl_dist_log.testing.simulate import SimulatedJob
 from sdxl_dist_log.topology import Layout
 
@@ -72,31 +81,84 @@ def test_a_stage_that_fails_on_one_leader_raises_on_every_rank() -> None:
     assert all(type(v) is CollectiveError and "combine step failed" in str(v) for v in results.values())
 
 
-@pytest.mark.parametrize("per_node", [1, 2, 8])
-def test_objects_and_bytes_reach_the_primary_only(per_node: int) -> None:
-    job = SimulatedJob(Layout.regular(8, per_node))
-    total = lambda everyone: sum(o["rank"] for o in everyone)  # noqa: E731
-    out = job.run({r: decided_at_primary(job.topology(r), {"rank": r}, total) for r in range(8)})
-    assert set(out.values()) == {28}
-    sizes = {1: 3, 6: 5}
-    payloads = {r: np.full(sizes.get(r, 0), r, np.uint8) for r in range(8)}
-    job.reset()
-    got = job.run({r: bytes_to_primary(job.topology(r), sizes, payloads[r]) for r in range(8)})
-    assert {r: v.tolist() for r, v in got[0].items()} == {1: [1, 1, 1], 6: [6] * 5}
-    if per_node < 8:  # point to point: only the two senders (and their leaders, forwarding) send anything
-        senders = {r for r, record in job.records.items() if record.messages_sent}
-        assert senders <= {1, 6} | set(job.topology(0).leaders)
-        assert all(v is None for r, v in got.items() if r != 0)
+# -- one node's steady state, decided in one pass -------------------------------------------------------------------
+OPS = ("mean", "sum", "min", "max", "per_rank", "local")
+SPECIALS = (np.nan, np.inf, -np.inf, -0.0, 0.0, 5e-324, 1e300, -1e-300)
 
 
-@pytest.mark.parametrize("per_node", [2, 8])
-def test_a_decision_that_fails_reaches_every_rank_as_an_error(per_node: int) -> None:
-    def broken(everyone: list[int]) -> int:
-        raise KeyError("a defect")
+def _one_node_frames(rng: np.random.Generator, world: int, ops: dict[str, str], sections: int,
+                     frame: int = 128) -> tuple[MetricPlan, np.ndarray]:
+    keys = tuple(sorted(ops))
+    plan = MetricPlan(keys, resolve_reduce(keys, ops))
+    values = rng.normal(size=(world, len(keys))) * 10.0 ** rng.integers(-20, 20, size=(world, len(keys)))
+    specials = rng.random(values.shape) < 0.15
+    values[specials] = rng.choice(SPECIALS, size=int(specials.sum()))
+    tail = np.concatenate([[sections, 12345.0], rng.random(sections)]).reshape(1, -1).repeat(world, axis=0)
+    tail[:, 2:] = rng.random((world, sections))
+    rows = [pack_row(plan, values[r], tail[r]) for r in range(world)]
+    return plan, np.stack([build_frame(row, sequence=9, call=CallInfo("log_metrics", 3), frame=frame)
+                           for row in rows])
 
-    job = SimulatedJob(Layout.regular(8, per_node))
-    out = job.run({r: decided_at_primary(job.topology(r), r, broken) for r in range(8)})
-    assert all(type(v) is CollectiveError and "KeyError" in str(v) for v in out.values())
+
+def _general(frames: np.ndarray, stage: MetricStage, frame: int, width: int) -> Outcome:
+    node = tuple(range(len(frames)))
+    aggregate = node_aggregate(frames, node, stage, width, len(frames))
+    return decide(aggregate[None], (node,), frames[0, CALL_HEADER:], stage, frame, width)
+
+
+def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    """Equal value for value, NaN where the other has NaN, and the same sign of zero."""
+    return a.shape == b.shape and bool(np.all(((a == b) & (np.signbit(a) == np.signbit(b)))
+                                              | (np.isnan(a) & np.isnan(b))))
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_one_node_in_step_is_decided_in_one_pass_exactly_as_the_general_path(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    world = int(rng.integers(1, 9))
+    keys = [f"m{i:02d}" for i in range(int(rng.integers(1, 30)))]
+    mixed = rng.random() < 0.5
+    ops = {k: str(rng.choice(OPS)) if mixed else OPS[seed % 4] for k in keys}
+    sections = int(rng.integers(0, 4))
+    plan, frames = _one_node_frames(rng, world, ops, sections)
+    stage, width = MetricStage(plan, world, sections), int(rng.choice([4, 8]))
+    general = _general(frames, stage, 128, width)
+    fast = decide_alike(frames, frames[0, CALL_HEADER:], stage, 128, width)
+    # the one pass declines only where the general path must grow the per-rank block first
+    assert (fast is None) == (general.verdict != OK), (seed, general.verdict)
+    if fast is None:
+        return
+    assert _same_bits(fast.result, general.result), seed
+    assert _same_bits(fast.block, general.block[:, : fast.block.shape[1]]), seed
+    assert fast.block.shape[1] == stage.per_rank_count + sections
+
+
+@pytest.mark.parametrize("change", ["flagged", "other keys", "other sections", "other step", "longer than the frame",
+                                    "stage fails"])
+def test_one_node_rows_that_differ_go_to_the_general_path(change: str) -> None:
+    rng = np.random.default_rng(7)
+    plan, frames = _one_node_frames(rng, 4, {"loss": "mean", "lr": "local", "tok": "per_rank"}, 1)
+    stage = MetricStage(plan, 4, 1)
+    assert decide_alike(frames, frames[0, CALL_HEADER:], stage, 128, 8) is not None  # unchanged, it decides
+    frame = 128
+    if change == "flagged":
+        frames[2, CALL_HEADER + ERROR_FLAG] = 1.0
+    elif change == "other keys":
+        frames[3, CALL_HEADER + FINGERPRINT] += 1.0
+    elif change == "other sections":
+        frames[1, CALL_HEADER + HEADER_SIZE + 3 + SECTION_FINGERPRINT] += 1.0
+    elif change == "other step":
+        frames[1, STEP] += 1.0
+    elif change == "longer than the frame":
+        frame = int(frames[0, LENGTH]) - 1
+    else:
+        class Failing(MetricStage):
+            def decide_alike(self, payloads, primary_payload, width, out):
+                raise ZeroDivisionError("a defect")
+        stage = Failing(plan, 4, 1)
+    assert decide_alike(frames, frames[0, CALL_HEADER:], stage, frame, 8) is None
+    if change == "stage fails":  # the general path decides it as before
+        assert _general(frames, stage, frame, 8).verdict == OK
 
 
 # -- real processes on simulated nodes --------------------------------------------------------------------------------

@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 
 from sdxl_dist_log.errors import ImageInputError
+from sdxl_dist_log.exchange import Steps, bytes_to_primary
 from sdxl_dist_log.framing import CallInfo
-from sdxl_dist_log.hierarchy import STAGE_HEADER, Steps, bytes_to_primary, call_rounds
+from sdxl_dist_log.hierarchy import STAGE_HEADER, call_rounds
 from sdxl_dist_log.images.convert import CHANNELS, image_error
 from sdxl_dist_log.topology import Topology
 
@@ -142,6 +143,11 @@ class ImageStage:
         out[I_FAILED] = len(failed)
         out[I_FAILED_RANKS : I_FAILED_RANKS + min(len(failed), NAMED_FAILED_RANKS)] = failed[:NAMED_FAILED_RANKS]
         return out, payloads[:, : self.width]
+
+    def decide_alike(self, payloads: np.ndarray, primary_payload: np.ndarray, width: int,
+                     out: np.ndarray) -> np.ndarray | None:
+        """Always the general path: an image call's cost is its pixels, not this step."""
+        return None
 
     def merge(self, aggregates: np.ndarray) -> np.ndarray:
         out = aggregates[0].copy()

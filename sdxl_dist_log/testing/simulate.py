@@ -24,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from sdxl_dist_log.hierarchy import ALL_GATHER, BROADCAST, GATHER, NODE, RECV, SEND, CallState, Op, Steps
+from sdxl_dist_log.exchange import ALL_GATHER, BROADCAST, GATHER, NODE, RECV, SEND, Op, Steps
+from sdxl_dist_log.hierarchy import CallState
 from sdxl_dist_log.topology import Layout, Topology
 
 
