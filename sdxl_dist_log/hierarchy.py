@@ -210,7 +210,8 @@ def decide_alike(frames: np.ndarray, primary_payload: np.ndarray, stage: Stage, 
     headers = frames[:, :CALL_HEADER].tolist()  # a handful of rows: plain lists compare faster than numpy calls
     if headers[0][LENGTH] > frame or headers.count(headers[0]) != len(headers):
         return None
-    out = np.full(result_size(frame), np.nan)
+    out = np.empty(result_size(frame))
+    out.fill(np.nan)  # np.full's Python wrapper costs more than the fill, on every logging call
     try:
         block = stage.decide_alike(frames[:, CALL_HEADER:], primary_payload, width, out[RESULT_HEADER:])
     except Exception:  # the general path decides and, for a defect, tells every rank
