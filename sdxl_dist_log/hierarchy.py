@@ -276,10 +276,13 @@ def call_rounds(topology: Topology, row: np.ndarray, call: CallInfo, stage: Stag
         state.sequence += 1
         sent = build_frame(row, sequence=state.sequence, call=call, frame=state.frame)
         outcome = yield from call_steps(topology, sent, stage, state.width)
-        if outcome.verdict == GROW:
+        verdict = outcome.verdict
+        if verdict == OK:
+            return outcome
+        if verdict == GROW:
             state.frame, state.width = int(outcome.result[R_FRAME]), int(outcome.result[R_WIDTH])
             continue
-        if outcome.verdict == OUT_OF_STEP:
+        if verdict == OUT_OF_STEP:
             headers = outcome.headers
             if headers is None:
                 everyone = yield from gather_to_primary(topology, sent[:CALL_HEADER].copy())
@@ -289,8 +292,7 @@ def call_rounds(topology: Topology, row: np.ndarray, call: CallInfo, stage: Stag
             error = out_of_step(np.reshape(headers, (topology.world_size, CALL_HEADER)), call, topology.rank)
             raise error or RanksOutOfStepError(f"{call} on rank {topology.rank}: ranks are out of step",
                                                call=str(call))
-        if outcome.verdict == BROKEN:
-            raise CollectiveError(f"{call} on rank {topology.rank}: a logging collective's combine step failed on "
-                                  "some rank (a defect; please report it). Logging collectives are off from here on; "
-                                  "training is not affected.", call=str(call))
-        return outcome
+        # BROKEN (or a verdict this version does not know): every rank holds the same one and raises alike
+        raise CollectiveError(f"{call} on rank {topology.rank}: a logging collective's combine step failed on "
+                              "some rank (a defect; please report it). Logging collectives are off from here on; "
+                              "training is not affected.", call=str(call))

@@ -210,6 +210,8 @@ class MetricStage:
         ((ranks, number of per_rank keys), by rank)."""
         n = len(self.plan.keys)
         out = dict(zip(self.plan.keys, result[STAGE_HEADER : STAGE_HEADER + n].tolist()))
+        if not len(self._per_rank):
+            return out
         for i, j in enumerate(self._per_rank):
             key = self.plan.keys[j]
             del out[key]

@@ -171,9 +171,10 @@ class MetricReducer:
         stage = self._stage(plan, topology.world_size, int(tail[SECTION_COUNT]))
         row = pack_row(plan, values, tail)
         outcome = yield from call_rounds(topology, row, call, stage, self._collectives.state)
-        verdict = outcome.stage[V_CODE]
+        result = outcome.stage
+        verdict = result[V_CODE]
         if verdict == INVALID:
-            named, count = stage.error_ranks(outcome.stage)
+            named, count = stage.error_ranks(result)
             more = f" and {count - len(named)} more" if count > len(named) else ""
             own = f": {prepared.error}" if prepared.error is not None else ""
             raise MetricValueError(f"{call}: ranks {named}{more} passed invalid metric values{own}; nothing was logged")
@@ -182,7 +183,7 @@ class MetricReducer:
         per_rank = None
         if stage.per_rank_count:
             per_rank = yield from stage.share_per_rank(topology, outcome.block)
-        return ReducedCall(stage.values(outcome.stage, per_rank), stage.section_times(outcome.stage, outcome.block))
+        return ReducedCall(stage.values(result, per_rank), stage.section_times(result, outcome.block))
 
     def _differing_keys(self, plan: MetricPlan, values: np.ndarray | None, call: CallInfo,
                         topology: Topology) -> Steps:
