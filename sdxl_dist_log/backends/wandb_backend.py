@@ -122,12 +122,11 @@ class WandbSession:
         for index, mode in enumerate(modes):
             if mode == "offline":
                 wandb.setup(wandb.Settings(mode="offline"))  # no error report over the network at exit
-            settings = wandb.Settings(
-                mode=mode, init_timeout=max(1.0, min(float(old.init_timeout), timeout)),
-                finish_timeout=old.finish_timeout,
-                x_transaction_log_flush_interval=old.x_transaction_log_flush_interval,
-                x_disable_stats=True, console="off", silent=True, save_code=False, x_save_requirements=False,
-                x_disable_meta=True, x_disable_machine_info=True)
+            # the first part recorded the code, requirements, argv and machine: a new part records none of them
+            settings = _run_settings(mode, init_timeout=max(1.0, min(float(old.init_timeout), timeout)),
+                                     finish_timeout=old.finish_timeout,
+                                     flush_interval=old.x_transaction_log_flush_interval,
+                                     x_disable_meta=True, x_disable_machine_info=True)
             try:
                 with _argv_scrubbed():  # x_disable_meta records no argv; scrubbed all the same
                     run = wandb.init(project=old.project, entity=old.entity, name=old.run_name, id=self.run_id,
@@ -189,18 +188,27 @@ class WandbBackend(JournaledBackend):
 
 def _settings(config: WandbConfig, mode: str, init_timeout: float | None = None) -> Any:
     """The run's ``wandb.Settings``; ``init_timeout`` (``config.init_timeout`` when None) bounds wandb's wait."""
+    return _run_settings(mode, init_timeout=config.init_timeout if init_timeout is None else init_timeout,
+                         finish_timeout=config.finish_timeout, flush_interval=config.flush_interval,
+                         save_code=config.save_code, save_requirements=config.save_requirements)
+
+
+def _run_settings(mode: str, *, init_timeout: float, finish_timeout: float, flush_interval: float,
+                  save_code: bool = False, save_requirements: bool = False, **extra: Any) -> Any:
+    """The ``wandb.Settings`` of every part of a run (the first, and each one that replaces a dead service's)."""
     import wandb
 
     return wandb.Settings(
         mode=mode,
-        init_timeout=config.init_timeout if init_timeout is None else init_timeout,
-        finish_timeout=config.finish_timeout,
-        x_transaction_log_flush_interval=config.flush_interval,
+        init_timeout=init_timeout,
+        finish_timeout=finish_timeout,
+        x_transaction_log_flush_interval=flush_interval,
         x_disable_stats=True,  # sdxl_dist_log samples every node itself; W&B's sampler sees only this one
         console="off",
         silent=True,
-        save_code=config.save_code,
-        x_save_requirements=config.save_requirements,
+        save_code=save_code,
+        x_save_requirements=save_requirements,
+        **extra,
     )
 
 
