@@ -80,7 +80,7 @@ def _fake_nvml_spec(value: str | None) -> str | None:
 def inspect_command(run_dirs: tuple[str, ...]) -> int:
     """Summarise offline W&B runs: run directories, .wandb files, or folders holding runs (each run is shown), then,
     for a run in several parts or attempts (a requeued job), each attempt: steps, how it ended, its parts, gaps."""
-    from sdxl_dist_log.offline import find_run_dirs, format_attempts, format_run, read_run
+    from sdxl_dist_log.offline import attempts_of, find_run_dirs, format_attempts, format_run, read_run, tells_more
 
     status = 0
     read: dict[str, list] = {}
@@ -98,9 +98,9 @@ def inspect_command(run_dirs: tuple[str, ...]) -> int:
             read.setdefault(run.run_id, []).append(run)
             print(("\n" if index or run_path != runs[0] else "") + format_run(run))
     for parts in read.values():
-        attempts = format_attempts(parts)
-        if len(parts) > 1 or attempts.count("\n  ") > 2:  # one part of one attempt says nothing more
-            print("\n" + attempts)
+        attempts = attempts_of(parts)
+        if tells_more(parts, attempts):  # one finished attempt in one part: its summary above says it all
+            print("\n" + format_attempts(parts, attempts))
     return status
 
 

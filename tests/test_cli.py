@@ -173,6 +173,8 @@ def test_inspect_prints_the_summary(run_dir: str) -> None:
     assert f"run {read_run(run_dir).run_id}" in done.stdout
     assert "project: inspected" in done.stdout and "exit: code 0" in done.stdout
     assert "metrics/loss" in done.stdout and "metrics/part_b" in done.stdout
+    # one attempt that finished, in one part: nothing to add about attempts
+    assert "attempts of run" not in done.stdout
 
 
 @pytest.mark.timeout(300)

@@ -23,7 +23,7 @@ Example:
 
 from __future__ import annotations
 
-from sdxl_dist_log.offline.attempts import Attempt, attempts_of, format_attempts, step_gaps
+from sdxl_dist_log.offline.attempts import Attempt, attempts_of, format_attempts, step_gaps, tells_more
 from sdxl_dist_log.offline.decode import RecordReader, count_records, read_records
 from sdxl_dist_log.offline.logfile import BLOCK_SIZE, FILE_HEADER, ReadStatus, WandbFileError, chunk_crc, iter_payloads
 from sdxl_dist_log.offline.model import KEY_SEP, OfflineArtifact, OfflineRun, flatten
@@ -51,4 +51,5 @@ __all__ = [
     "read_records",
     "read_run",
     "step_gaps",
+    "tells_more",
 ]

@@ -130,16 +130,23 @@ def step_gaps(steps: Sequence[float]) -> list[tuple[float, float]]:
     return [(a + stride, b - stride) for a, b in zip(ordered, ordered[1:]) if b - a > stride]
 
 
-def format_attempts(runs: Sequence[OfflineRun]) -> str:
+def tells_more(runs: Sequence[OfflineRun], attempts: Sequence[Attempt]) -> bool:
+    """Whether ``format_attempts`` says more than the parts' own summaries: there are several parts or attempts, or
+    the one attempt did not finish (killed, preempted, failed)."""
+    return len(runs) > 1 or len(attempts) > 1 or any(len(a.parts) > 1 or a.ended != "finished" for a in attempts)
+
+
+def format_attempts(runs: Sequence[OfflineRun], attempts: Sequence[Attempt] | None = None) -> str:
     """The per-attempt part of ``sdxl-dist-log inspect``: each attempt's step range, how it ended, its parts (rows,
     mark, exit), and the gaps in the steps of the whole run.
 
     Args:
         runs: parts of one run (one run id), from ``read_run``; parts named by the journal but not given are read.
+        attempts: ``attempts_of(runs)``, where the caller has it already.
     """
     from sdxl_dist_log.offline.rundir import read_run
 
-    attempts = attempts_of(runs)
+    attempts = attempts_of(runs) if attempts is None else attempts
     known = {run.path.resolve(): run for run in runs}
     lines = [f"attempts of run {runs[0].run_id}: {len(attempts)}"]
     steps: list[float] = []
@@ -170,4 +177,4 @@ def format_attempts(runs: Sequence[OfflineRun]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["Attempt", "attempts_of", "format_attempts", "step_gaps"]
+__all__ = ["Attempt", "attempts_of", "format_attempts", "step_gaps", "tells_more"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from sdxl_dist_log.journal import Journal, journal_root
-from sdxl_dist_log.offline import OfflineRun, attempts_of, format_attempts, step_gaps
+from sdxl_dist_log.offline import OfflineRun, attempts_of, format_attempts, step_gaps, tells_more
 
 
 def _part(root: Path, name: str, steps: list[int], exit_code: int | None, preempting: bool = False) -> OfflineRun:
@@ -33,6 +33,19 @@ def test_without_a_journal_each_part_is_an_attempt_ended_as_its_file_says(tmp_pa
         ("killed", 0, 2), ("preempted", 3, 4), ("finished", 7, 8)]
     text = format_attempts(runs)
     assert "attempts of run r1: 3" in text and "steps 0..8 in the run: 5..6" in text
+
+
+@pytest.mark.parametrize(("parts", "shown"), [
+    ([([0, 1, 2], 0, False)], False),  # one attempt that finished, in one part: its summary says it all
+    ([([0, 1, 2], None, False)], True),  # killed before its exit record
+    ([([0, 1, 2], 1, True)], True),  # preempted
+    ([([0, 1], 1, True), ([2, 3], 0, False)], True),  # two attempts
+])
+def test_inspect_shows_attempts_only_where_they_add_to_the_summaries(
+        tmp_path: Path, parts: list[tuple[list[int], int | None, bool]], shown: bool) -> None:
+    runs = [_part(tmp_path, f"2026010{i}_000000", steps, code, preempting)
+            for i, (steps, code, preempting) in enumerate(parts)]
+    assert tells_more(runs, attempts_of(runs)) is shown
 
 
 def test_the_journal_says_which_parts_each_attempt_wrote_and_how_it_ended(tmp_path: Path) -> None:
