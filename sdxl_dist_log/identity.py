@@ -134,6 +134,18 @@ def propose_identity(config: WandbConfig, launch: Launch) -> tuple[RunIdentity, 
     return proposed, resume_mode(config, stable)
 
 
+def recorded(config: Mapping[str, Any], key: str) -> Any:
+    """What a run's config records under ``CONFIG_SECTION`` for ``key``; None where the run (or the key) has none,
+    e.g. a run written by plain wandb.
+
+    Example:
+        >>> recorded({"sdxl_dist_log": {"step_metric": "global_step"}}, "step_metric"), recorded({}, "step_metric")
+        ('global_step', None)
+    """
+    entry = config.get(CONFIG_SECTION)
+    return entry.get(key) if isinstance(entry, Mapping) else None
+
+
 def launch_record(config: WandbConfig, launch: Launch) -> dict[str, Any]:
     """What the run config records about the launch, under ``CONFIG_SECTION``.
 
@@ -145,4 +157,4 @@ def launch_record(config: WandbConfig, launch: Launch) -> dict[str, Any]:
 
 
 __all__ = ["CONFIG_SECTION", "RunIdentity", "derive_group", "derive_job_type", "derive_run_id", "launch_record",
-           "propose_identity", "resume_mode"]
+           "propose_identity", "recorded", "resume_mode"]

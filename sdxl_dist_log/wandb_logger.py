@@ -32,7 +32,7 @@ from sdxl_dist_log.dispatch import Dispatcher
 from sdxl_dist_log.errors import MetricValueError
 from sdxl_dist_log.faults import FaultPolicy, Notices
 from sdxl_dist_log.framing import CallInfo
-from sdxl_dist_log.identity import CONFIG_SECTION, RunIdentity, launch_record, propose_identity
+from sdxl_dist_log.identity import CONFIG_SECTION, RunIdentity, launch_record, propose_identity, recorded
 from sdxl_dist_log.images import transport
 from sdxl_dist_log.main_process import MainProcessLog
 from sdxl_dist_log.metrics import apply_prefix
@@ -395,10 +395,10 @@ class WandbLogger:
     def _log_system_row(self, row: Mapping[str, float]) -> None:
         """Write a system row; a node seen for the first time first puts its host into the run config."""
         hosts = dict(getattr(self._system, "hostnames", None) or {})
-        known = self._run_config.get("sdxl_dist_log", {}).get("hostnames", {})
+        known = recorded(self._run_config, "hostnames") or {}
         named = {f"node{n}": host for n, host in sorted(hosts.items())}
         if named and named != known:
-            self._merge_run_config({"sdxl_dist_log": {"hostnames": named}})
+            self._merge_run_config({CONFIG_SECTION: {"hostnames": named}})
         self._write("log_side_row", dict(row), step=None)
 
     def _merge_run_config(self, values: Mapping[str, Any]) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from sdxl_dist_log.config import DEFAULT_STEP_METRIC
-from sdxl_dist_log.identity import CONFIG_SECTION
+from sdxl_dist_log.identity import recorded
 
 KEY_SEP = "/"
 """Separator joining the parts of a nested key, ``{"a": {"b": 1}}`` -> ``"a/b"``."""
@@ -139,8 +139,7 @@ class OfflineRun:
             >>> OfflineRun(Path(".")).step_metric
             'trainer/step'
         """
-        entry = self.config.get(CONFIG_SECTION)
-        value = entry.get("step_metric") if isinstance(entry, dict) else None
+        value = recorded(self.config, "step_metric")
         return value if isinstance(value, str) and value else DEFAULT_STEP_METRIC
 
     @property

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from sdxl_dist_log.identity import CONFIG_SECTION
+from sdxl_dist_log.identity import recorded
 from sdxl_dist_log.report.attempts import MergedRun, load_runs, merge_attempts
 from sdxl_dist_log.report.charts import gpus_section, metrics_section, stragglers_section, system_section
 from sdxl_dist_log.report.columns import collect_columns
@@ -56,8 +56,7 @@ def build_sections(run: MergedRun, options: ReportOptions | None = None) -> list
     """
     options = options or ReportOptions()
     columns = collect_columns(run.rows, run.step_key)
-    entry = run.config.get(CONFIG_SECTION)
-    hostnames = entry.get("hostnames") if isinstance(entry, dict) else None
+    hostnames = recorded(run.config, "hostnames")
     return [
         run_section(run),
         metrics_section(columns, run.step_key, max_points=options.max_points),

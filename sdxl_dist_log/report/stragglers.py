@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from sdxl_dist_log.identity import CONFIG_SECTION
+from sdxl_dist_log.identity import recorded
 from sdxl_dist_log.report.columns import STRAGGLER_PREFIX, Column
 
 MIN_SPREAD = 1.05
@@ -103,8 +103,7 @@ def rank_places(config: Mapping[str, Any]) -> dict[int, str]:
         >>> rank_places({"sdxl_dist_log": {"ranks": {"0": {"host": "n1", "gpu": 3}, "rank1": {"host": "n2"}}}})
         {0: 'n1/gpu3', 1: 'n2'}
     """
-    entry = config.get(CONFIG_SECTION)
-    ranks = entry.get("ranks") if isinstance(entry, Mapping) else None
+    ranks = recorded(config, "ranks")
     if isinstance(ranks, list):
         ranks = dict(enumerate(ranks))
     if not isinstance(ranks, Mapping):
