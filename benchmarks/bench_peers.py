@@ -5,8 +5,8 @@ on every rank, in real processes joined by a gloo process group. The peers are t
 ``bench`` extra: ``pip install -e '.[bench]'``), called the way their users call them:
 
   ours            ``WandbLogger.log_metrics``, blocking, ``backend=NullBackend()`` (no W&B write), every check kept
-  ours offline    the same with mode="offline" (rank 0 writes the row into a real offline W&B run, on the caller's
-                  thread)
+  ours offline    the same with mode="offline": rank 0 journals the row on the caller's thread and its writer thread
+                  writes it into a real offline W&B run
   acc gather      the best pattern an Accelerate user writes: ``accelerate.utils.gather(torch.stack(values))``, then
                   ``.view(W, N).mean(0).tolist()`` (one all_gather; no key check, no call check, means only)
   acc reduce/key  ``accelerate.utils.reduce(value, "mean").item()`` per key (one all_reduce each)
