@@ -85,23 +85,13 @@ def term(name: str, folder: Path, jobs: int, step_time: float) -> dict:
 def _figures(out: Path, signals: list[tuple[int, float]]) -> dict:
     report = preempt.check(out, signals)
     sent = dict(signals)
-    closes, from_command = [], []
-    from sdxl_dist_log.journal import read_attempts
-
-    for run_id in report.run_ids:
-        for attempt, log in enumerate(read_attempts(out / "wandb" / "journal" / run_id)):
-            signal, closed = log.first("signal"), log.last("closed")
-            if signal and closed and attempt in sent:
-                closes.append(closed["time"] - signal["time"])
-                from_command.append(closed["time"] - sent[attempt])
+    timed = [a for a in report.attempts if a.close_s is not None and a.index in sent]
+    closes = [a.close_s for a in timed]
+    from_command = [a.closed_at - sent[a.index] for a in timed]
     preempted = [a for a in report.attempts if a.signal]
-    runs = {}
-    if not report.attempts:  # plain wandb: no journal; one part per attempt, read its end from the file
-        from sdxl_dist_log.offline import find_run_dirs, read_run
-
-        runs = {d: read_run(d) for d in find_run_dirs(out / "wandb")}
+    # plain wandb keeps no journal: one part per attempt, whose file says how it ended
     closed_ok = (sum(1 for a in preempted if a.last_part_marked and a.last_part_exit is not None) if report.attempts
-                 else sum(1 for r in runs.values() if r.preempting and r.exit_code is not None))
+                 else report.closed_with_mark)
     return {"signals": len(signals), "required": len(report.required), "lost": len(report.missing),
             "closed_with_mark": closed_ok, "parts": report.parts, "close_s": closes, "command_to_closed_s": from_command}
 

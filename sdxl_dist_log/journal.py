@@ -41,8 +41,11 @@ JOURNAL_DIR = "journal"
 ENTRIES_PER_SEGMENT = 1000
 """Entries per rows file: a segment is deleted as a whole once the run holds all of its entries."""
 ROW_KINDS = ("row", "images", "table")
-MEDIA_KINDS = ("images", "table")  # entries whose pixels the writer saves as PNG files in the journal first
 """Entry kinds that become one history record each; ``artifact`` entries become one artifact record each."""
+MEDIA_KINDS = ("images", "table")  # entries whose pixels the writer saves as PNG files in the journal first
+HELD_KEYS = ("ops", "rows", "artifacts", "offset", "file_rows", "file_artifacts")
+"""What a part's ``confirmed`` event records: the entries, rows and artifacts its file holds, and the file's counts
+up to ``offset``, where the next count starts."""
 
 Counts = Callable[[str, int], tuple[Mapping[str, int], int]]
 """``count(run_file, start) -> (record kind -> count, end offset)``: ``offline.decode.count_records``."""
@@ -166,13 +169,22 @@ class Journal:
         """Encode uint8 HWC images as PNG files ``<name>-<i>.png`` (``name``: the entry's seq); returns their paths."""
         from PIL import Image
 
-        self.media_dir.mkdir(exist_ok=True)
-        paths = []
-        for index, image in enumerate(images):
-            path = self.media_dir / f"{name}-{index}.png"
+        paths = self._media_paths(name, len(images))
+        for image, path in zip(images, paths):
             Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image).save(path)
-            paths.append(str(path))
         return paths
+
+    def copy_media(self, name: str, sources: Sequence[str]) -> list[str]:
+        """Copy PNG files (an earlier attempt's) in as ``<name>-<i>.png``, as ``save_media`` names them."""
+        paths = self._media_paths(name, len(sources))
+        for source, path in zip(sources, paths):
+            shutil.copyfile(source, path)
+        return paths
+
+    def _media_paths(self, name: str, count: int) -> list[str]:
+        """Where an entry's images go; ``prune`` finds them by the ``<seq>-`` prefix."""
+        self.media_dir.mkdir(exist_ok=True)
+        return [str(self.media_dir / f"{name}-{index}.png") for index in range(count)]
 
     def prune(self, lowest_needed: int) -> None:
         """Delete the rows segments (and media) whose entries all lie below ``lowest_needed``, the smallest seq the
@@ -228,6 +240,13 @@ class AttemptLog:
     def all(self, name: str) -> list[dict[str, Any]]:
         """Every event called ``name``, in order."""
         return [e for e in self.events if e.get("event") == name]
+
+    @property
+    def close_s(self) -> float | None:
+        """Seconds from the (first) preemption signal to the run's (last) close, by journal times; None without
+        both."""
+        signal, closed = self.first("signal"), self.last("closed")
+        return closed["time"] - signal["time"] if signal is not None and closed is not None else None
 
     @property
     def settled(self) -> bool:
@@ -306,12 +325,10 @@ def pending_seqs(log: AttemptLog, count: Counts) -> list[int]:
             be read counts as empty, so its entries are written again rather than lost.
     """
     held: set[int] = set()
+    last_confirmed = {e.get("part"): e for e in log.all("confirmed")}  # the last one of each part wins
     for part, sent in sent_to_parts(log):
-        confirmed = next((e for e in reversed(log.all("confirmed")) if e.get("part") == part.get("part")), None)
-        base_ops, base_rows, base_artifacts, offset, rows, artifacts = 0, 0, 0, 0, 0, 0
-        if confirmed is not None:
-            base_ops, base_rows, base_artifacts = confirmed["ops"], confirmed["rows"], confirmed["artifacts"]
-            offset, rows, artifacts = confirmed["offset"], confirmed["file_rows"], confirmed["file_artifacts"]
+        confirmed = last_confirmed.get(part.get("part"), dict.fromkeys(HELD_KEYS, 0))
+        base_ops, base_rows, base_artifacts, offset, rows, artifacts = (confirmed[k] for k in HELD_KEYS)
         if part.get("run_file"):
             try:
                 more, offset = count(part["run_file"], offset)
@@ -337,6 +354,15 @@ def settle(log: AttemptLog, *, by: str) -> None:
     shutil.rmtree(log.events_path.parent / f"{log.name}.media", ignore_errors=True)
 
 
+def own_step(entry: Mapping[str, Any]) -> float | None:
+    """The training step of an entry (or an operation's payload) the attempt logged itself; None for one without a
+    numeric step, and for one it wrote for an earlier attempt (marked ``from``: that step is the earlier one's)."""
+    step = entry.get("step")
+    if "from" in entry or not isinstance(step, (int, float)) or (isinstance(step, float) and math.isnan(step)):
+        return None
+    return step
+
+
 def step_range(log: AttemptLog) -> tuple[float | None, float | None]:
     """The first and last training step this attempt logged itself (not what it wrote for an earlier attempt),
     from its events and its remaining entries."""
@@ -346,14 +372,13 @@ def step_range(log: AttemptLog) -> tuple[float | None, float | None]:
     firsts = [s[0] for s in steps if isinstance(s[0], (int, float))]
     lasts = [s[1] for s in steps if isinstance(s[1], (int, float))]
     for entry in log.entries.values():
-        step = entry.get("step")
-        if "from" in entry:  # written for an earlier attempt
-            continue
-        if isinstance(step, (int, float)) and not (isinstance(step, float) and math.isnan(step)):
+        step = own_step(entry)
+        if step is not None:
             firsts.append(step)
             lasts.append(step)
     return (min(firsts) if firsts else None, max(lasts) if lasts else None)
 
 
-__all__ = ["ENTRIES_PER_SEGMENT", "JOURNAL_DIR", "AttemptLog", "Journal", "durable_prefix", "journal_root",
-           "pending_seqs", "read_attempt", "read_attempts", "sent_to_parts", "settle", "step_range"]
+__all__ = ["ENTRIES_PER_SEGMENT", "HELD_KEYS", "JOURNAL_DIR", "AttemptLog", "Journal", "durable_prefix",
+           "journal_root", "own_step", "pending_seqs", "read_attempt", "read_attempts", "sent_to_parts", "settle",
+           "step_range"]

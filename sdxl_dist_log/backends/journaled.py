@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -23,6 +22,7 @@ from sdxl_dist_log.journal import (
     MEDIA_KINDS,
     Counts,
     Journal,
+    own_step,
     pending_seqs,
     read_attempts,
     settle,
@@ -120,8 +120,8 @@ class JournaledBackend:
                 self._log.warning("W&B run %s is finished; a %s logged after finish() is dropped",
                                   self.session.run_id, kind)
             return None
-        step = entry.get("step")
-        if isinstance(step, int) and "from" not in entry:
+        step = own_step(entry)
+        if step is not None:
             self._last_step = step
         try:
             seq = self.journal.append(kind, entry)
@@ -264,18 +264,13 @@ class JournaledBackend:
             return True
         if kind in MEDIA_KINDS and (media is not None or kind == "table") and all(os.path.exists(m)
                                                                                for m in media or ()):
-            self.journal.media_dir.mkdir(exist_ok=True)
-            files = []
-            for index, source in enumerate(media or ()):
-                target = self.journal.media_dir / f"{self.journal.next_seq}-{index}.png"
-                shutil.copyfile(source, target)
-                files.append(str(target))
+            if len(media or ()) != entry.get("count", len(media or ())):  # some of its files are gone
+                return False
+            files = self.journal.copy_media(str(self.journal.next_seq), media or ())
             if kind == "images":
                 fields = {"key": entry["key"], "captions": entry.get("captions") or [None] * len(files)}
             else:
                 fields = {"key": entry["key"], "columns": entry["columns"], "rows": entry["rows"]}
-            if len(files) != entry.get("count", len(files)):
-                return False
             self._entry(kind, {**origin, **fields, "count": len(files)}, {**origin, **fields, "files": files})
             return True
         if kind == "artifact" and os.path.exists(str(entry.get("path"))):

@@ -167,15 +167,13 @@ class WandbBackend(JournaledBackend):
         run: the run ``wandb.init`` returned (its first part).
         step_metric: the key that carries the training step.
         logger: where reports go.
-        journal_dir: the journal folder; ``<run dir root>/journal/<run id>`` when None.
     """
 
-    def __init__(self, run: Any, *, step_metric: str, logger: logging.Logger | None = None,
-                 journal_dir: str | None = None) -> None:
+    def __init__(self, run: Any, *, step_metric: str, logger: logging.Logger | None = None) -> None:
         from sdxl_dist_log.offline.decode import count_records
 
         session = WandbSession(run, step_metric=step_metric)
-        journal = Journal(journal_dir or journal_root(session.root_dir, session.run_id), run_id=session.run_id)
+        journal = Journal(journal_root(session.root_dir, session.run_id), run_id=session.run_id)
         super().__init__(session, journal, step_metric=step_metric, logger=logger or _log, count=count_records,
                          config=run.config.as_dict(), reopen_timeout=float(run.settings.init_timeout))
         self.take_over()

@@ -23,11 +23,13 @@ from typing import Any, Protocol
 
 from sdxl_dist_log.journal import (
     ENTRIES_PER_SEGMENT,
+    HELD_KEYS,
     MEDIA_KINDS,
     ROW_KINDS,
     Counts,
     Journal,
     durable_prefix,
+    own_step,
 )
 
 RESTARTS = 3
@@ -137,12 +139,9 @@ class RunWriter:
         self._reopen_timeout = reopen_timeout
         self._max_restarts = restarts
         self._queue: queue.SimpleQueue[Op | None] = queue.SimpleQueue()  # C-level put: safe in a signal handler
-        self._sent: list[Op] = []  # entries sent to the current part and not yet known to be in its file
         self._part = 1
-        self._held = {"ops": 0, "rows": 0, "artifacts": 0, "offset": 0, "file_rows": 0, "file_artifacts": 0}
+        self._new_part()
         self._next_fresh = journal.next_seq
-        self._since_confirm = 0
-        self._exit_seen = False
         self._marked_part = 0
         self._restarts = 0
         self._resent = 0
@@ -157,6 +156,13 @@ class RunWriter:
         self._thread.start()
 
     # -- the callers' side ----------------------------------------------------------------------------------------
+    def _new_part(self) -> None:
+        """Nothing sent to the current part yet, nothing known to be in its file (a new part's file starts empty)."""
+        self._sent: list[Op] = []  # entries sent to the current part and not yet known to be in its file
+        self._since_confirm = 0
+        self._exit_seen = False
+        self._held = dict.fromkeys(HELD_KEYS, 0)  # what a ``confirmed`` event records
+
     def put(self, op: Op) -> None:
         """Queue one operation; returns at once (safe from a signal handler)."""
         self._queue.put(op)
@@ -217,8 +223,8 @@ class RunWriter:
                         raise Refused(f"{type(exc).__name__}: {exc}") from exc
                     self._refused(current, exc)  # an entry sent before is refused now: report it, go on
                     continue
-                waiting = [o for o in todo if o is not op]
-                todo = deque(self._recover(why, waiting) + ([op] if op in todo else []))
+                # ``op`` is always last: what the dead part lacks goes to the new part before it
+                todo = deque(self._recover(why, list(todo)[:-1]) + [op])
                 continue
             todo.popleft()
             if current.seq is not None:
@@ -263,8 +269,8 @@ class RunWriter:
             raise ValueError(f"unknown operation {op.kind!r}")
 
     def _note_step(self, op: Op) -> None:
-        step = op.payload.get("step")
-        if isinstance(step, (int, float)) and "from" not in op.payload:  # an earlier attempt's step is not ours
+        step = own_step(op.payload)
+        if step is not None:
             self._steps = [step if self._steps[0] is None else min(self._steps[0], step),
                            step if self._steps[1] is None else max(self._steps[1], step)]
 
@@ -339,10 +345,7 @@ class RunWriter:
         except Exception as exc:
             raise ServiceLost(f"{why}; a new service did not start: {type(exc).__name__}: {exc}") from exc
         self._part += 1
-        self._sent = []
-        self._since_confirm = 0
-        self._exit_seen = False
-        self._held = {"ops": 0, "rows": 0, "artifacts": 0, "offset": 0, "file_rows": 0, "file_artifacts": 0}
+        self._new_part()
         self._resent += len(resend)
         self._journal.event("part", part=self._part, run_file=self._session.run_file(), from_seq=self._next_fresh,
                             replay=[o.seq for o in resend], reason=why,

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sdxl_dist_log.journal import JOURNAL_DIR, AttemptLog, read_attempts, step_range
+from sdxl_dist_log.journal import AttemptLog, journal_root, read_attempts, step_range
 from sdxl_dist_log.offline.model import OfflineRun
 
 
@@ -73,7 +73,7 @@ def _from_journal(log: AttemptLog, logs: Sequence[AttemptLog]) -> Attempt:
         state = closed.get("state", "killed")
         attempt.ended = "failed" if state == "finished" and closed.get("exit_code") else state
         if signal is not None:
-            attempt.close_s = round(closed["time"] - signal["time"], 3)
+            attempt.close_s = round(log.close_s, 3)
     for later in logs:
         for taken in later.all("took_over"):
             if taken.get("attempt") == log.name:
@@ -84,14 +84,8 @@ def _from_journal(log: AttemptLog, logs: Sequence[AttemptLog]) -> Attempt:
     return attempt
 
 
-def _step_values(run: OfflineRun) -> list[float]:
-    """The step metric of every history row that has a numeric one, in order."""
-    key = run.step_metric
-    return [row[key] for row in run.history if isinstance(row.get(key), (int, float))]
-
-
 def _from_part(run: OfflineRun) -> Attempt:
-    steps = _step_values(run)
+    steps = run.step_values()
     ended = "killed" if run.exit_code is None else run.end_state  # a mark without an exit record: killed
     return Attempt(run.path.name, [run.path], min(steps, default=None), max(steps, default=None), ended,
                    signal="a signal" if run.preempting else None)
@@ -106,7 +100,7 @@ def attempts_of(runs: Sequence[OfflineRun]) -> list[Attempt]:
     """
     if not runs:
         return []
-    root = runs[0].path.parent.parent / JOURNAL_DIR / runs[0].run_id
+    root = journal_root(runs[0].path.parent.parent, runs[0].run_id)
     logs = read_attempts(root)
     if not logs:
         return [_from_part(run) for run in runs]
@@ -162,14 +156,14 @@ def format_attempts(runs: Sequence[OfflineRun], attempts: Sequence[Attempt] | No
             if run is None:
                 lines.append(f"       {path.name}: missing")
                 continue
-            rows = _step_values(run)
+            rows = run.step_values()
             steps += rows
             end = "no exit record" if run.exit_code is None else f"exit {run.exit_code}"
             lines.append(f"       {path.name}: {len(rows)} rows{', preempting' if run.preempting else ''}, {end}")
     named = {p.resolve() for a in attempts for p in a.parts}
     for run in runs:  # parts no journal names (written by plain wandb) still count for the gaps
         if run.path.resolve() not in named:
-            steps += _step_values(run)
+            steps += run.step_values()
     if steps:
         gaps = step_gaps(steps)
         text = ", ".join(f"{_num(a)}..{_num(b)}" for a, b in gaps) if gaps else "no gap"

@@ -178,6 +178,12 @@ class OfflineRun:
         """All history keys, sorted."""
         return sorted({key for row in self.history for key in row})
 
+    def step_values(self, key: str | None = None) -> list[float]:
+        """The training step of every history row that carries a numeric one, in order (``step_metric`` when
+        ``key`` is None)."""
+        key = key or self.step_metric
+        return [row[key] for row in self.history if isinstance(row.get(key), (int, float))]
+
     def rows_with(self, key: str) -> list[dict[str, Any]]:
         """The history rows that contain ``key``, in order."""
         return [row for row in self.history if key in row]

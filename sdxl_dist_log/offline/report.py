@@ -110,7 +110,7 @@ def format_run(run: OfflineRun, step_key: str | None = None) -> str:
     for row in run.history:
         for key, value in row.items():
             columns.setdefault(key, []).append(value)
-    trained = [row[step_key] for row in run.history if isinstance(row.get(step_key), (int, float))]
+    trained = run.step_values(step_key)
     steps = [row["_step"] for row in run.history if isinstance(row.get("_step"), int)]
     if trained:  # the training step every sdxl_dist_log row carries; W&B's _step only counts rows
         step_text = f", {step_key} {min(trained):g}..{max(trained):g}"

@@ -33,13 +33,6 @@ def squeue_state(job_id: str) -> str:
     return done.stdout.strip()
 
 
-def sacct_states(job_id: str) -> list[tuple[str, str, str]]:
-    """``(step, state, exit code)`` of every attempt and step of the job, as accounting recorded them."""
-    done = subprocess.run(["sacct", "-j", job_id, "-D", "-n", "-P", "-o", "jobid,state,exitcode"],
-                          capture_output=True, text=True, timeout=30)
-    return [tuple(line.split("|")) for line in done.stdout.splitlines() if line]  # type: ignore[misc]
-
-
 def progress(out: Path) -> list[tuple[int, int, float]]:
     """``(attempt, step, time)`` lines of ``out/progress.txt`` (a torn last line is skipped)."""
     path = Path(out) / "progress.txt"
@@ -131,6 +124,10 @@ class AttemptReport:
     parts: int
     close_s: float | None
     """Seconds from the signal reaching the logger to the run closed (journal times)."""
+    closed_at: float | None = None
+    """When the run closed (unix time, the journal's), for the time from the signal's command to the close."""
+    index: int = 0
+    """The attempt's place in its run, from 0."""
     last_part_marked: bool = False
     """The attempt's last part has the preempting mark."""
     last_part_exit: int | None = None
@@ -147,9 +144,9 @@ class Report:
     in_run: Counter[int]
     """Step -> how many parts hold a row of it."""
     attempts: list[AttemptReport] = field(default_factory=list)
-    marked_parts: int = 0
-    exit_records: int = 0
     parts: int = 0
+    closed_with_mark: int = 0
+    """Parts with the preempting mark and an exit record (how a run without a journal, plain wandb's, tells)."""
 
     @property
     def missing(self) -> list[int]:
@@ -171,27 +168,27 @@ def check(out: Path, signals: Sequence[tuple[int, float]]) -> Report:
         signals: ``(attempt, time the signal was sent)`` for every preempted attempt; a later attempt counts as
             finished (all its steps are required).
     """
-    from sdxl_dist_log.journal import read_attempts
+    from sdxl_dist_log.journal import journal_root, read_attempts
     from sdxl_dist_log.offline import find_run_dirs, read_run
 
     sent = dict(signals)
     required = {step for attempt, step, returned in progress(out)
                 if attempt not in sent or returned < sent[attempt]}
-    runs = [read_run(d) for d in find_run_dirs(Path(out) / "wandb")]
+    runs = [read_run(d, summary=False) for d in find_run_dirs(Path(out) / "wandb")]
     in_run: Counter[int] = Counter()
     for run in runs:
         in_run.update({int(row["trainer/step"]) for row in run.rows_with("metrics/loss")})
     report = Report({r.run_id for r in runs}, required, in_run, parts=len(runs),
-                    marked_parts=sum(r.preempting for r in runs), exit_records=sum(r.finished for r in runs))
+                    closed_with_mark=sum(r.preempting and r.finished for r in runs))
     by_dir = {run.path.resolve(): run for run in runs}
     for run_id in report.run_ids:
-        for log in read_attempts(Path(out) / "wandb" / "journal" / run_id):
+        for index, log in enumerate(read_attempts(journal_root(Path(out) / "wandb", run_id))):
             closed, signal, parts = log.last("closed"), log.first("signal"), log.all("part")
-            close_s = closed["time"] - signal["time"] if closed and signal else None
             last = by_dir.get(Path(parts[-1]["run_file"]).parent.resolve()) if parts else None
             report.attempts.append(AttemptReport(
                 log.name, closed["state"] if closed else "killed", signal["signal"] if signal else None, len(parts),
-                close_s, last_part_marked=bool(last and last.preempting), last_part_exit=last and last.exit_code))
+                log.close_s, closed_at=closed["time"] if closed else None, index=index,
+                last_part_marked=bool(last and last.preempting), last_part_exit=last and last.exit_code))
     return report
 
 
@@ -208,5 +205,5 @@ def cancel(job_id: str) -> None:
     subprocess.run(["scancel", job_id], capture_output=True, timeout=30)
 
 
-__all__ = ["SIGNALS", "AttemptReport", "Report", "cancel", "check", "progress", "release", "sacct_states", "sbatch",
+__all__ = ["SIGNALS", "AttemptReport", "Report", "cancel", "check", "progress", "release", "sbatch",
            "send", "signal_at", "squeue_state", "wait_for"]

@@ -9,6 +9,8 @@ from __future__ import annotations
 import socket
 import threading
 
+from sdxl_dist_log.launch.ports import free_port
+
 
 class SilentServer:
     """Accepts every connection, reads its first bytes and never answers; keeps what it read, in order.
@@ -63,10 +65,8 @@ class SilentServer:
 
 
 def closed_port() -> int:
-    """A local port nothing listens on: a connection to it is refused."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A local port nothing listens on: a connection to it is refused (a free one, bound by nobody)."""
+    return free_port()
 
 
 __all__ = ["SilentServer", "closed_port"]
