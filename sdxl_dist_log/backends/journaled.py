@@ -56,7 +56,9 @@ class JournaledBackend:
         self._step_metric = step_metric
         self._log = logger
         self._count = count
-        self._front = threading.Lock()  # journal order == queue order: append and put under one lock
+        # journal order == queue order: append and put under one lock; re-entrant so that ``finish`` can tell a
+        # call of its own thread that a signal interrupted from another thread's call
+        self._front = threading.RLock()
         self._pending: dict[str, Any] = {}
         self._pending_step = 0
         self._last_step: int | None = None
@@ -204,14 +206,15 @@ class JournaledBackend:
         """
         if self._closed is not None:
             return
-        locked = self._front.acquire(blocking=False)  # not held by a logging call that a signal interrupted
-        try:
-            if locked and self._pending:
-                self._commit_pending()
+        if self._front._is_owned():  # type: ignore[attr-defined]
+            # a signal handler interrupted this thread's own logging call: its values are half-written, and that
+            # call journals its row when it resumes
             self._closed = "preempted" if self._preempting else "finished"
-        finally:
-            if locked:
-                self._front.release()
+        else:
+            with self._front:  # another thread's call holds it for a journal line at most
+                if self._pending:
+                    self._commit_pending()
+                self._closed = "preempted" if self._preempting else "finished"
         op = Op("close", payload={"exit_code": exit_code, "preempted": bool(self._preempting)}, reply=Reply())
         started = time.monotonic()
         self.writer.put(op)

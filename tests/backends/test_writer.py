@@ -352,6 +352,33 @@ def test_finish_returns_within_its_timeout_when_the_service_hangs(tmp_path: Path
         session.gate.set()
 
 
+def test_finish_while_another_thread_logs_still_writes_the_pending_values(tmp_path: Path) -> None:
+    """A system sampler thread inside ``log_side_row`` holds the lock a moment: ``finish`` on the training thread
+    waits for it and still writes the values of the last ``commit=False`` call."""
+    session = FakeSession()
+    backend = _backend(tmp_path, session)
+    backend.log_row({"x": 0.0}, step=0, commit=False)
+    holding, release = threading.Event(), threading.Event()
+
+    def sampler() -> None:
+        with backend._front:  # what log_side_row holds while it journals a row
+            holding.set()
+            release.wait(WAIT_S)
+
+    thread = threading.Thread(target=sampler)
+    thread.start()
+    assert holding.wait(WAIT_S)
+    finisher = threading.Thread(target=backend.finish, args=(0, WAIT_S))
+    finisher.start()
+    finisher.join(0.5)  # time to reach the lock the sampler holds (a finish that does not wait is done by now)
+    release.set()
+    finisher.join(WAIT_S)
+    thread.join(WAIT_S)
+    assert not finisher.is_alive()
+    assert [k for k, _ in session.part.file][:1] == ["history"]
+    assert session.part.file[0][1]["x"] == 0.0
+
+
 def test_finish_during_an_interrupted_logging_call_does_not_wait_for_its_lock(tmp_path: Path) -> None:
     """A signal handler may interrupt ``log_row`` on the same thread: ``finish`` then closes without the pending
     values (the interrupted call journals its row when it resumes) instead of deadlocking on the lock."""
