@@ -38,13 +38,8 @@ SCRIPTS = {"ours": ROOT / "examples" / "preemptible_train.py", "plain wandb": RO
 
 def _job(folder: Path, script: Path, steps: int, step_time: float, requeue: bool) -> tuple[str, Path]:
     folder.mkdir(parents=True)
-    out = folder / "out"
-    batch = folder / "job.sh"
-    batch.write_text(f"#!/bin/bash\n#SBATCH --{'requeue' if requeue else 'no-requeue'}\n#SBATCH --open-mode=append\n"
-                     f"#SBATCH --output={folder}/slurm-%j.out\n#SBATCH --job-name=bench-preempt\n"
-                     f"srun {sys.executable} {script} {out} --steps {steps} --step-time {step_time}\n")
-    env = {**os.environ, **wandb_environment(folder)}
-    return preempt.sbatch(str(batch), cwd=folder, env=env), out
+    return preempt.submit_preemptible(folder, script, steps=steps, step_time=step_time, requeue=requeue,
+                                      job_name="bench-preempt", env={**os.environ, **wandb_environment(folder)})
 
 
 def _period(out: Path) -> float:
@@ -70,13 +65,8 @@ def term(name: str, folder: Path, jobs: int, step_time: float) -> dict:
     figures = []
     for index in range(jobs):
         job, out = _job(folder / f"job{index}", SCRIPTS[name], steps=500, step_time=step_time, requeue=False)
-        deadline = time.monotonic() + 120
-        try:
-            sent = preempt.signal_at(out, job, "term", attempt=0, after_steps=5, offset=step_time * index / jobs,
-                                     deadline=deadline)
-            preempt.wait_for("the end", lambda j=job: preempt.squeue_state(j) == "", deadline, poll=0.5)
-        finally:
-            preempt.cancel(job)
+        sent = preempt.preempt_once(out, job, "term", offset=step_time * index / jobs,
+                                    deadline=time.monotonic() + 120)
         figures.append(_figures(out, [(0, sent)]))
     return {k: sum(f[k] for f in figures) if isinstance(figures[0][k], int) else [x for f in figures for x in f[k]]
             for k in figures[0]}

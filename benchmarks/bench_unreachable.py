@@ -33,10 +33,11 @@ import tempfile
 import textwrap
 import time
 
-from sdxl_dist_log.testing.servers import SilentServer, closed_port
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+from sdxl_dist_log.testing.servers import SilentServer, closed_port  # noqa: E402
+from sdxl_dist_log.testing.wandb_env import wandb_environment  # noqa: E402
 
 FAKE_KEY = "f" * 40
 
@@ -94,11 +95,9 @@ RANKS = textwrap.dedent("""
 def run_script(script: str, init_timeout: float, port: int, key: str) -> tuple[dict | list, float]:
     with tempfile.TemporaryDirectory() as work:
         env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-        for name in ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR"):
-            env[name] = os.path.join(work, name.lower())
-            os.makedirs(env[name])
-        env.update(WANDB_BASE_URL=f"http://127.0.0.1:{port}", WANDB_API_KEY=key, WANDB_SILENT="true",
-                   PYTHONPATH=ROOT)
+        env.update(wandb_environment(work))
+        env.pop("WANDB_ERROR_REPORTING")  # as on a user's machine (the logger turns W&B's telemetry off itself)
+        env.update(WANDB_BASE_URL=f"http://127.0.0.1:{port}", WANDB_API_KEY=key, PYTHONPATH=ROOT)
         with open(os.path.join(work, "script.py"), "w") as f:
             f.write(script)
         proc = subprocess.run([sys.executable, "script.py", str(init_timeout)], cwd=work, env=env,

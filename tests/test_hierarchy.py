@@ -22,7 +22,7 @@ from sdxl_dist_log.hierarchy import (
     node_aggregate,
 )
 from sdxl_dist_log.metric_stage import MetricStage
-from sdxl_dist_log.metrics import ERROR_FLAG, FINGERPRINT, HEADER_SIZE, MetricPlan, pack_row, resolve_reduce
+from sdxl_dist_log.metrics import ERROR_FLAG, FINGERPRINT, HEADER_SIZE, MetricPlan, Reduce, pack_row, resolve_reduce
 from sdxl_dist_log.straggler import SECTION_FINGERPRINT
 from sdxl_dist_log.testing.simulate import SimulatedJob
 from sdxl_dist_log.topology import Layout
@@ -82,7 +82,7 @@ def test_a_stage_that_fails_on_one_leader_raises_on_every_rank() -> None:
 
 
 # -- one node's steady state, decided in one pass -------------------------------------------------------------------
-OPS = ("mean", "sum", "min", "max", "per_rank", "local")
+OPS = tuple(op.value for op in Reduce)
 SPECIALS = (np.nan, np.inf, -np.inf, -0.0, 0.0, 5e-324, 1e300, -1e-300)
 
 
@@ -93,8 +93,7 @@ def _one_node_frames(rng: np.random.Generator, world: int, ops: dict[str, str], 
     values = rng.normal(size=(world, len(keys))) * 10.0 ** rng.integers(-20, 20, size=(world, len(keys)))
     specials = rng.random(values.shape) < 0.15
     values[specials] = rng.choice(SPECIALS, size=int(specials.sum()))
-    tail = np.concatenate([[sections, 12345.0], rng.random(sections)]).reshape(1, -1).repeat(world, axis=0)
-    tail[:, 2:] = rng.random((world, sections))
+    tail = np.hstack([np.tile([sections, 12345.0], (world, 1)), rng.random((world, sections))])  # same names
     rows = [pack_row(plan, values[r], tail[r]) for r in range(world)]
     return plan, np.stack([build_frame(row, sequence=9, call=CallInfo("log_metrics", 3), frame=frame)
                            for row in rows])

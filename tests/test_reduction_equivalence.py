@@ -16,12 +16,12 @@ import pytest
 
 from sdxl_dist_log.errors import MetricKeyMismatchError, MetricValueError, RanksOutOfStepError
 from sdxl_dist_log.framing import CallInfo
-from sdxl_dist_log.metrics import HEADER_SIZE, MetricPlan, reduce_rows, reduce_union, resolve_reduce
+from sdxl_dist_log.metrics import HEADER_SIZE, MetricPlan, Reduce, reduce_rows, reduce_union, resolve_reduce
 from sdxl_dist_log.reduction import MetricReducer
 from sdxl_dist_log.testing.simulate import SimulatedJob
 from sdxl_dist_log.topology import Layout
 
-OPS = ("mean", "sum", "min", "max", "per_rank", "local")
+OPS = tuple(op.value for op in Reduce)
 U = 2.0**-53
 
 

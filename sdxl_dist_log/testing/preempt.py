@@ -10,6 +10,7 @@ attempt's signal must be in some part of the run.
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -31,6 +32,12 @@ def squeue_state(job_id: str) -> str:
     """The job's state (``PENDING``, ``RUNNING``, ...), or "" once it has left the queue."""
     done = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, timeout=30)
     return done.stdout.strip()
+
+
+def scontrol_job(job_id: str) -> dict[str, str]:
+    """The job's fields as ``scontrol show job`` prints them (``JobState``, ``ExitCode``, ``SubmitTime``, ...)."""
+    done = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, timeout=30)
+    return dict(item.split("=", 1) for item in done.stdout.split() if "=" in item)
 
 
 def progress(out: Path) -> list[tuple[int, int, float]]:
@@ -65,8 +72,7 @@ def release(job_id: str) -> None:
     Not sooner: a batch job started in the same second its previous attempt was killed is refused by slurmd ("Job
     credential revoked"), and the job fails instead of running.
     """
-    done = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, timeout=30)
-    fields = dict(item.split("=", 1) for item in done.stdout.split() if "=" in item)
+    fields = scontrol_job(job_id)
     if fields.get("JobState") != "PENDING":
         return
     try:
@@ -88,6 +94,17 @@ def signal_at(out: Path, job_id: str, how: str, *, attempt: int, after_steps: in
     last = max(t for a, _, t in progress(out) if a == attempt)
     time.sleep(max(0.0, last + offset - time.time()))
     return send(job_id, how)
+
+
+def preempt_once(out: Path, job_id: str, how: str, *, offset: float, deadline: float, after_steps: int = 5) -> float:
+    """A preemption without requeue: signal attempt 0 (as :func:`signal_at`), then wait for the job to end. Cancels
+    the job whatever happens; returns the sending time."""
+    try:
+        sent = signal_at(out, job_id, how, attempt=0, after_steps=after_steps, offset=offset, deadline=deadline)
+        wait_for("the job to end", lambda: squeue_state(job_id) == "", deadline, poll=0.5)
+    finally:
+        cancel(job_id)
+    return sent
 
 
 def preempt_and_resume(out: Path, job_id: str, how: str, *, deadline: float, tries: int = 1,
@@ -192,6 +209,18 @@ def check(out: Path, signals: Sequence[tuple[int, float]]) -> Report:
     return report
 
 
+def submit_preemptible(folder: Path, script: str | Path, *, steps: int, step_time: float, requeue: bool,
+                       job_name: str, env: dict[str, str] | None = None) -> tuple[str, Path]:
+    """Submit ``script`` (``examples/preemptible_train.py`` or a script with its arguments) as one srun task, its
+    output under ``folder/out`` and SLURM's log in ``folder/slurm-<job>.out``; returns (job id, output folder)."""
+    out = Path(folder) / "out"
+    batch = Path(folder) / "job.sh"
+    batch.write_text(f"#!/bin/bash\n#SBATCH --{'requeue' if requeue else 'no-requeue'}\n#SBATCH --open-mode=append\n"
+                     f"#SBATCH --output={folder}/slurm-%j.out\n#SBATCH --job-name={job_name}\n"
+                     f"srun {sys.executable} {script} {out} --steps {steps} --step-time {step_time}\n")
+    return sbatch(str(batch), cwd=Path(folder), env=env), out
+
+
 def sbatch(script: str, *, cwd: Path, env: dict[str, str] | None = None, options: Sequence[str] = (),
            args: Sequence[str] = ()) -> str:
     """Submit a batch script with sbatch ``options`` and script ``args``; returns the job id."""
@@ -205,5 +234,5 @@ def cancel(job_id: str) -> None:
     subprocess.run(["scancel", job_id], capture_output=True, timeout=30)
 
 
-__all__ = ["SIGNALS", "AttemptReport", "Report", "cancel", "check", "progress", "release", "sbatch",
-           "send", "signal_at", "squeue_state", "wait_for"]
+__all__ = ["SIGNALS", "AttemptReport", "Report", "cancel", "check", "preempt_and_resume", "preempt_once", "progress",
+           "release", "sbatch", "scontrol_job", "send", "signal_at", "squeue_state", "submit_preemptible", "wait_for"]

@@ -34,6 +34,7 @@ from sdxl_dist_log.backends.wandb_backend import MIN_ONLINE_ATTEMPT_S
 from sdxl_dist_log.config import WandbConfig
 from sdxl_dist_log.launch.local import run_ranks, values_or_raise
 from sdxl_dist_log.testing.servers import SilentServer, closed_port
+from sdxl_dist_log.testing.wandb_env import wandb_environment
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -51,12 +52,9 @@ def silent_server() -> Iterator[SilentServer]:
 
 def _child_env(tmp_path: Path, port: int, key: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    home = tmp_path / "wandb_home"
-    for name, sub in (("WANDB_DIR", "dir"), ("WANDB_DATA_DIR", "data"), ("WANDB_CACHE_DIR", "cache"),
-                      ("WANDB_CONFIG_DIR", "config")):
-        (home / sub).mkdir(parents=True, exist_ok=True)
-        env[name] = str(home / sub)
+    env.update(wandb_environment(tmp_path))
     # as on a user's machine: error reporting left on, so W&B's telemetry would run if the logger did not stop it
+    env.pop("WANDB_ERROR_REPORTING")
     env.update(WANDB_BASE_URL=f"http://127.0.0.1:{port}", WANDB_API_KEY=key, PYTHONPATH=str(Path.cwd()))
     return env
 

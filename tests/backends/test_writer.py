@@ -127,15 +127,15 @@ def count(path: str, start: int, session: FakeSession) -> tuple[Counter[str], in
     return Counter(kind for kind, _ in part.file[start:]), len(part.file)
 
 
-def _backend(tmp_path: Path, session: FakeSession, journal: Journal | None = None,
-             caplog: pytest.LogCaptureFixture | None = None) -> JournaledBackend:
-    return JournaledBackend(session, journal or Journal(tmp_path / "journal", run_id=session.run_id), step_metric=STEP,
+def _backend(tmp_path: Path, session: FakeSession) -> JournaledBackend:
+    """A backend over ``session``; a second one over the same ``tmp_path`` is the run's next attempt."""
+    return JournaledBackend(session, Journal(tmp_path / "journal", run_id=session.run_id), step_metric=STEP,
                             logger=logging.getLogger("test_writer"),
                             count=lambda path, start: count(path, start, session), config={"lr": 0.1})
 
 
-def _rows(part: Part, where: str = "file") -> list[Any]:
-    return [value.get("x", value.get(STEP)) for kind, value in getattr(part, where) if kind == "history"]
+def _rows(part: Part) -> list[Any]:
+    return [value.get("x", value.get(STEP)) for kind, value in part.file if kind == "history"]
 
 
 def _sync(backend: JournaledBackend) -> None:
@@ -193,7 +193,7 @@ def test_a_table_with_image_cells_is_journaled_and_an_unwritten_one_is_taken_ove
     assert [e["kind"] for e in log.entries.values()] == ["table"] and len(log.media[0]) == 1
 
     later = FakeSession()
-    taken = _backend(tmp_path, later, Journal(tmp_path / "journal", run_id=later.run_id))
+    taken = _backend(tmp_path, later)
     assert taken.take_over() == 1
     _sync(taken)
     [table] = [value for kind, value in later.part.sent if kind == "history"]
@@ -313,7 +313,7 @@ def test_when_no_service_can_be_had_rows_stay_in_the_journal_for_the_next_attemp
     assert pending_seqs(log, lambda p, s: count(p, s, session)) == [1, 2, 3]
 
     later = FakeSession()
-    taken = _backend(tmp_path, later, Journal(tmp_path / "journal", run_id=later.run_id))
+    taken = _backend(tmp_path, later)
     assert taken.take_over() == 3
     taken.log_row({"x": 4.0}, step=4)
     taken.finish(0, WAIT_S)
@@ -336,7 +336,7 @@ def test_preemption_marks_the_run_and_rows_after_the_close_wait_for_the_next_att
     assert log.last("signal")["signal"] == "SIGTERM" and log.last("signal")["step"] == 0
     assert log.last("closed")["state"] == "preempted" and not log.settled
     later = FakeSession()
-    assert _backend(tmp_path, later, Journal(tmp_path / "journal", run_id="r")).take_over() == 1
+    assert _backend(tmp_path, later).take_over() == 1
 
 
 def test_finish_returns_within_its_timeout_when_the_service_hangs(tmp_path: Path,

@@ -147,11 +147,6 @@ def wait_done(job, deadline_s: float = JOB_DEADLINE_S) -> None:
         time.sleep(0.5)
 
 
-def squeue_state(job_id: str) -> str:
-    out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, timeout=10)
-    return out.stdout.strip()
-
-
 # ------------------------------------------------------------------------------------------------------------------
 # (c) local executor: real processes, no SLURM
 # ------------------------------------------------------------------------------------------------------------------
@@ -221,7 +216,7 @@ def test_slurm_requeue_keeps_job_id(slurm_cluster: str, tmp_path: Path, jobs: li
     while not (counter.exists() and counter.read_text().strip()):
         if time.monotonic() > end:
             job.cancel(check=False)
-            pytest.fail(f"first attempt never started (squeue: {squeue_state(job.job_id)!r})\n{_logs(job)}")
+            pytest.fail(f"first attempt never started (squeue: {preempt.squeue_state(job.job_id)!r})\n{_logs(job)}")
         time.sleep(0.25)
     subprocess.run(["scontrol", "requeue", job.job_id], check=True, timeout=30)
 
@@ -229,8 +224,8 @@ def test_slurm_requeue_keeps_job_id(slurm_cluster: str, tmp_path: Path, jobs: li
     while len(counter.read_text().splitlines()) < 2:
         if time.monotonic() > end:
             job.cancel(check=False)
-            pytest.fail(f"second attempt never started (squeue: {squeue_state(job.job_id)!r})\n{_logs(job)}")
-        if squeue_state(job.job_id) == "PENDING":
+            pytest.fail(f"second attempt never started (squeue: {preempt.squeue_state(job.job_id)!r})\n{_logs(job)}")
+        if preempt.squeue_state(job.job_id) == "PENDING":
             subprocess.run(["scontrol", "update", f"JobId={job.job_id}", "StartTime=now"], capture_output=True,
                            timeout=30)
         time.sleep(0.25)
@@ -247,14 +242,14 @@ def requeue_when_ready(job, ready: Path, end: float) -> None:
     while not ready.exists():
         if time.monotonic() > end:
             job.cancel(check=False)
-            pytest.fail(f"first attempt never got ready (squeue: {squeue_state(job.job_id)!r})\n{_logs(job)}")
+            pytest.fail(f"first attempt never got ready (squeue: {preempt.squeue_state(job.job_id)!r})\n{_logs(job)}")
         time.sleep(0.25)
     subprocess.run(["scontrol", "requeue", job.job_id], check=True, timeout=30)
-    while squeue_state(job.job_id) not in ("RUNNING", ""):
+    while preempt.squeue_state(job.job_id) not in ("RUNNING", ""):
         if time.monotonic() > end:
             job.cancel(check=False)
-            pytest.fail(f"requeued job never restarted (squeue: {squeue_state(job.job_id)!r})\n{_logs(job)}")
-        if squeue_state(job.job_id) == "PENDING":
+            pytest.fail(f"requeued job never restarted (squeue: {preempt.squeue_state(job.job_id)!r})\n{_logs(job)}")
+        if preempt.squeue_state(job.job_id) == "PENDING":
             subprocess.run(["scontrol", "update", f"JobId={job.job_id}", "StartTime=now"], capture_output=True,
                            timeout=30)
         time.sleep(0.25)
@@ -338,11 +333,6 @@ def test_slurm_demo_preempted_mid_training_resumes_from_its_checkpoint_into_the_
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _scontrol_job(job_id: str) -> dict[str, str]:
-    out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, timeout=10)
-    return dict(field.split("=", 1) for field in out.stdout.split() if "=" in field)
-
-
 @pytest.mark.slurm
 @pytest.mark.slow
 @pytest.mark.timeout(150)
@@ -355,23 +345,20 @@ def test_sbatch_template_runs_its_default_script(slurm_cluster: str, tmp_path: P
         env.pop(var, None)
     log = tmp_path / "train-%j.out"
     out_dir = tmp_path / "demo"
-    submitted = subprocess.run(
-        ["sbatch", "--parsable", f"--output={log}", "--job-name=sdxl-test-sbatch", "slurm/train.sbatch",
-         "--steps", "3", "--step-time", "0", "--out-dir", str(out_dir)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=30, check=True,
-    )
-    job_id = submitted.stdout.strip().split(";")[0]
+    job_id = preempt.sbatch("slurm/train.sbatch", cwd=ROOT, env=env,
+                            options=[f"--output={log}", "--job-name=sdxl-test-sbatch"],
+                            args=["--steps", "3", "--step-time", "0", "--out-dir", str(out_dir)])
     log = Path(str(log).replace("%j", job_id))
     try:
         end = time.monotonic() + 100
-        while squeue_state(job_id):
+        while preempt.squeue_state(job_id):
             if time.monotonic() > end:
                 pytest.fail(f"sbatch job {job_id} not done after 100 s\n{log.read_text() if log.exists() else ''}")
             time.sleep(0.5)
     finally:
-        subprocess.run(["scancel", job_id], capture_output=True, timeout=30)
+        preempt.cancel(job_id)
     text = log.read_text()
-    job = _scontrol_job(job_id)
+    job = preempt.scontrol_job(job_id)
     assert (job.get("JobState"), job.get("ExitCode")) == ("COMPLETED", "0:0"), text
     assert "1 node(s) x 1 worker(s)" in text and "running examples/train.py --steps 3" in text, text
     assert "srun exited with status 0" in text
@@ -390,16 +377,8 @@ SWEEP_OFFSETS = (0.0, 0.04, 0.08, 0.12, 0.16, 0.2)
 
 def _preemptible(tmp_path: Path, steps: int, requeue: bool = True) -> tuple[str, Path]:
     """Submit examples/preemptible_train.py as one srun task; returns (job id, its output folder)."""
-    out = tmp_path / "out"
-    script = tmp_path / "job.sh"
-    script.write_text(f"""#!/bin/bash
-#SBATCH --{'requeue' if requeue else 'no-requeue'}
-#SBATCH --open-mode=append
-#SBATCH --output={tmp_path}/slurm-%j.out
-#SBATCH --job-name=sdxl-test-preempt
-srun {sys.executable} {ROOT}/examples/preemptible_train.py {out} --steps {steps} --step-time 0.1
-""")
-    return preempt.sbatch(str(script), cwd=tmp_path), out
+    return preempt.submit_preemptible(tmp_path, ROOT / "examples" / "preemptible_train.py", steps=steps,
+                                      step_time=0.1, requeue=requeue, job_name="sdxl-test-preempt")
 
 
 def _no_traceback(text: str) -> None:
@@ -433,12 +412,7 @@ def test_scancel_term_closes_the_run_with_its_mark_and_every_row(slurm_cluster: 
     """A preemption without requeue (``scancel --signal=TERM``): the one attempt's run ends with the preempting mark
     and an exit record, with every step logged before the signal; the task ends by SIGTERM, as it would have."""
     job, out = _preemptible(tmp_path, steps=200, requeue=False)
-    deadline = time.monotonic() + 120
-    try:
-        sent = preempt.signal_at(out, job, "term", attempt=0, after_steps=5, offset=0.05, deadline=deadline)
-        preempt.wait_for("the job to end", lambda: preempt.squeue_state(job) == "", deadline, poll=0.5)
-    finally:
-        preempt.cancel(job)
+    sent = preempt.preempt_once(out, job, "term", offset=0.05, deadline=time.monotonic() + 120)
     report = preempt.check(out, [(0, sent)])
     log = next(tmp_path.glob("slurm-*.out")).read_text()
     assert report.missing == [] and len(report.required) >= 5, report.summary()
